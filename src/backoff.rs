@@ -1,0 +1,191 @@
+//! Attempt → delay: exponential backoff with full jitter.
+//!
+//! `delay = random(0, min(max, initial * multiplier^(attempt-1)))`, raised (never
+//! lowered) to a server's `Retry-After`, which is itself capped. Full jitter spreads a
+//! fleet of clients whose server restarted at the same moment evenly over the window
+//! instead of having them return in waves. The random source is injected so the
+//! machine stays deterministic under test.
+
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use std::fmt;
+use std::time::Duration;
+
+/// A server may ask us to wait, but not for longer than this.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffPolicy {
+    pub initial: Duration,
+    pub multiplier: f64,
+    pub max: Duration,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        BackoffPolicy {
+            initial: Duration::from_millis(500),
+            multiplier: 2.0,
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The upper end of the jitter window before retry number `attempt` (1-based).
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(64) as i32;
+        let scaled = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
+        if !scaled.is_finite() || scaled >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(scaled.max(0.0))
+        }
+    }
+}
+
+/// The source of jitter. Seeded in tests, from the OS in production.
+pub struct Jitter(Box<dyn RngCore + Send>);
+
+impl Jitter {
+    pub fn from_entropy() -> Self {
+        Jitter(Box::new(SmallRng::from_entropy()))
+    }
+
+    pub fn seeded(seed: u64) -> Self {
+        Jitter(Box::new(SmallRng::seed_from_u64(seed)))
+    }
+
+    /// Any source at all, e.g. one that always returns the ceiling.
+    pub fn from_rng(rng: impl RngCore + Send + 'static) -> Self {
+        Jitter(Box::new(rng))
+    }
+
+    /// A uniformly random duration in `[0, ceiling]`.
+    fn below(&mut self, ceiling: Duration) -> Duration {
+        // 53 random bits as a fraction of [0, 1] inclusive, so the ceiling is reachable.
+        let unit = (self.0.next_u64() >> 11) as f64 / ((1u64 << 53) - 1) as f64;
+        ceiling.mul_f64(unit)
+    }
+}
+
+impl fmt::Debug for Jitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Jitter")
+    }
+}
+
+/// A policy plus its random source: everything the machine needs to pick a delay.
+#[derive(Debug)]
+pub struct Backoff {
+    pub policy: BackoffPolicy,
+    jitter: Jitter,
+}
+
+impl Backoff {
+    pub fn new(policy: BackoffPolicy, jitter: Jitter) -> Self {
+        Backoff { policy, jitter }
+    }
+
+    /// The delay before retry number `attempt` (1-based), at least `retry_after`
+    /// (capped at [`RETRY_AFTER_CAP`]) when the server sent one.
+    pub fn delay(&mut self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let jittered = self.jitter.below(self.policy.ceiling(attempt));
+        match retry_after {
+            Some(floor) => jittered.max(floor.min(RETRY_AFTER_CAP)),
+            None => jittered,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_grows_exponentially_then_caps() {
+        let p = BackoffPolicy::default();
+        assert_eq!(p.ceiling(1), Duration::from_millis(500));
+        assert_eq!(p.ceiling(2), Duration::from_millis(1000));
+        assert_eq!(p.ceiling(3), Duration::from_millis(2000));
+        assert_eq!(p.ceiling(7), Duration::from_secs(30));
+        assert_eq!(p.ceiling(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn delays_stay_within_the_window() {
+        let mut b = Backoff::new(BackoffPolicy::default(), Jitter::seeded(7));
+        for attempt in 1..40 {
+            let ceiling = b.policy.ceiling(attempt);
+            for _ in 0..50 {
+                assert!(b.delay(attempt, None) <= ceiling);
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_is_spread_not_constant() {
+        let mut b = Backoff::new(BackoffPolicy::default(), Jitter::seeded(1));
+        let delays: Vec<_> = (0..200).map(|_| b.delay(5, None)).collect();
+        let ceiling = b.policy.ceiling(5);
+        let low = delays.iter().filter(|d| **d < ceiling / 2).count();
+        // Full jitter: about half below the midpoint. Bounds wide enough that a correct
+        // uniform source never fails, narrow enough that a constant one always does.
+        assert!((60..=140).contains(&low), "{low} of 200 below the midpoint");
+    }
+
+    #[test]
+    fn same_seed_same_delays() {
+        let mut a = Backoff::new(BackoffPolicy::default(), Jitter::seeded(42));
+        let mut b = Backoff::new(BackoffPolicy::default(), Jitter::seeded(42));
+        for attempt in 1..20 {
+            assert_eq!(a.delay(attempt, None), b.delay(attempt, None));
+        }
+    }
+
+    #[test]
+    fn retry_after_raises_but_never_lowers() {
+        let mut b = Backoff::new(BackoffPolicy::default(), Jitter::seeded(3));
+        for _ in 0..50 {
+            assert!(b.delay(1, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
+        }
+        // A tiny Retry-After does not cut a long window short: the result is still a
+        // draw from the window, at least the floor.
+        let policy = BackoffPolicy {
+            initial: Duration::from_secs(10),
+            ..BackoffPolicy::default()
+        };
+        let mut b = Backoff::new(policy, Jitter::from_rng(MaxRng));
+        assert_eq!(
+            b.delay(1, Some(Duration::from_millis(1))),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_five_minutes() {
+        let mut b = Backoff::new(BackoffPolicy::default(), Jitter::seeded(3));
+        assert_eq!(
+            b.delay(1, Some(Duration::from_secs(86_400))),
+            RETRY_AFTER_CAP
+        );
+    }
+
+    /// A random source that always yields the top of the range.
+    struct MaxRng;
+    impl RngCore for MaxRng {
+        fn next_u32(&mut self) -> u32 {
+            u32::MAX
+        }
+        fn next_u64(&mut self) -> u64 {
+            u64::MAX
+        }
+        fn fill_bytes(&mut self, dest: &mut [u8]) {
+            dest.fill(0xff)
+        }
+        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+            dest.fill(0xff);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,1143 @@
+//! The supervisor's state machine: every decision wsup makes lives here.
+//!
+//! ```text
+//! Idle ── Start ──▶ Running
+//! Running (superstate: SIGINT/SIGTERM → Terminated)
+//! ├── Offline (superstate: user Ctrl+C byte → Terminated(130))
+//! │   ├── Dialing { attempt, guards }
+//! │   ├── RefreshingToken { reason, attempt, guards }
+//! │   └── Backoff { attempt, delay, resume, guards }
+//! └── Connected { since_stable, closing, guards }
+//! Terminated { outcome }   (absorbing)
+//! ```
+//!
+//! Sans-IO, in the manner of quinn-proto and rustls: [`Machine::handle`] takes an
+//! [`Event`] and returns [`Effect`]s. There is no clock, socket, task or thread in here;
+//! time arrives as `Timer` events, randomness through the injected [`Backoff`], and the
+//! credentials' state through [`CredentialState`]. That makes every transition sequence
+//! reproducible in microseconds, which is what the property tests lean on.
+//!
+//! The guards (`refreshed_in_streak`, `failures_in_streak`) are state data carried from
+//! state to state, and are reset only once a connection has stayed up for
+//! `stable_after`: a server that upgrades and then immediately closes 1008 must not be
+//! able to drive an endless refresh loop.
+
+use crate::backoff::Backoff;
+use crate::classify::{Class, ClassifyRules, Failure};
+use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
+use statig::blocking::state_machine;
+use statig::Outcome as Response;
+use statig::Outcome::{Handled, Super, Transition};
+use std::fmt;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Everything that can happen to a supervised connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Begin supervising.
+    Start,
+    DialSucceeded,
+    DialFailed(Failure),
+    /// A frame arrived on the open connection.
+    Frame(Message),
+    /// The open connection ended (close frame, reset, EOF).
+    Closed(Failure),
+    Timer(TimerKind),
+    RefreshDone(Result<(), Failure>),
+    Signal(Sig),
+    /// The user pressed Ctrl+C inside the session (a raw terminal's 0x03 byte).
+    UserInterrupt,
+    /// The local side has nothing more to send (stdin EOF).
+    LocalEof,
+}
+
+/// What the driver must do on the machine's behalf.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Open a new connection; answer with `DialSucceeded` or `DialFailed`.
+    Dial,
+    Send(Message),
+    /// Hand a payload to the session.
+    Deliver(Message),
+    /// Send a close frame; the connection is dropped once the machine leaves Connected.
+    Close(u16, String),
+    /// (Re)arm a timer; answer with `Timer(kind)` when it fires.
+    StartTimer(TimerKind, Duration),
+    CancelTimer(TimerKind),
+    /// Refresh the credentials; answer with `RefreshDone`.
+    Refresh,
+    Notify(Notice),
+    /// Stop: the session is over.
+    Exit(Outcome),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerKind {
+    /// The backoff delay has passed: redial.
+    Backoff,
+    /// Time to send a ping.
+    Ping,
+    /// Nothing was received for `ping_interval + pong_timeout`: the connection is dead.
+    Liveness,
+    /// The connection has stayed up `stable_after`: reset the guards.
+    Stable,
+    /// We sent our close frame; stop waiting for the server's.
+    CloseGrace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sig {
+    Interrupt,
+    Terminate,
+}
+
+/// Why the machine is fetching a new token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// The token expires soon: refresh before dialing.
+    Proactive,
+    /// The server rejected the token: refresh once, then redial at once.
+    Rejected,
+}
+
+/// After a backoff, what to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    Dial,
+    Refresh(RefreshReason),
+}
+
+/// The per-streak guards, carried as state data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Guards {
+    /// A forced refresh already happened in this streak: a second auth failure stops.
+    pub refreshed_in_streak: bool,
+    /// Failures since the last stable connection: drives backoff and `max_retries`.
+    pub failures_in_streak: u32,
+}
+
+/// How a supervised session ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The server closed normally, or the local side finished.
+    Done,
+    /// A failure that retrying cannot fix (or that we may not retry).
+    Stopped { class: Class, failure: Failure },
+    /// Transient failures outlasted `max_retries`.
+    RetriesExhausted { failure: Failure, retries: u32 },
+    Signal(Sig),
+    /// Ctrl+C while offline.
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Done => 0,
+            Outcome::Stopped { class, .. } => class.exit_code(),
+            Outcome::RetriesExhausted { .. } => 75,
+            Outcome::Signal(Sig::Interrupt) | Outcome::Interrupted => 130,
+            Outcome::Signal(Sig::Terminate) => 143,
+        }
+    }
+}
+
+/// Things the user should hear about before the session ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A transient failure; the next attempt comes after `delay`.
+    Retrying {
+        failure: Failure,
+        delay: Duration,
+        attempt: u32,
+        max_retries: Option<u32>,
+    },
+    /// Fetching a new token.
+    Refreshing {
+        reason: RefreshReason,
+        failure: Option<Failure>,
+    },
+    /// Connected again after at least one failure.
+    Reconnected,
+}
+
+/// What the machine knows about the credentials, refreshed by the driver before each
+/// event. The machine never sees a token; it only asks "may I refresh?".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialState {
+    pub refreshable: bool,
+    /// The token expires within 60 s: refresh before dialing.
+    pub expiring_soon: bool,
+}
+
+/// The tunables of the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineConfig {
+    pub rules: ClassifyRules,
+    /// Redials allowed after failures since the last stable connection; `None` = unlimited.
+    pub max_retries: Option<u32>,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub stable_after: Duration,
+    /// After our close frame, how long to wait for the server's.
+    pub close_grace: Duration,
+    /// Whether a connection lost after it was established is redialed. A port-forward
+    /// tunnel carries a byte stream that cannot be resumed, so it stops instead.
+    pub redial_after_connected: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            rules: ClassifyRules::default(),
+            max_retries: None,
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(20),
+            stable_after: Duration::from_secs(10),
+            close_grace: Duration::from_secs(2),
+            redial_after_connected: true,
+        }
+    }
+}
+
+/// The close code we send when we leave on our own (signal, liveness): "going away".
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The byte a raw terminal sends for Ctrl+C.
+pub const CTRL_C: u8 = 0x03;
+
+/// The statig shared storage: configuration and the jitter source.
+#[derive(Debug)]
+pub struct Core {
+    config: MachineConfig,
+    backoff: Backoff,
+}
+
+/// Per-dispatch context: what goes in (credential state, which event) and what comes
+/// out (effects, the reason for a transition, for the log line).
+#[derive(Debug, Default)]
+pub struct Step {
+    effects: Vec<Effect>,
+    creds: CredentialState,
+    event: &'static str,
+    reason: Option<String>,
+}
+
+impl Step {
+    fn push(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+}
+
+#[state_machine(
+    initial = "State::idle()",
+    after_transition = "Self::after_transition",
+    state(derive(Debug, Clone, PartialEq)),
+    superstate(derive(Debug))
+)]
+impl Core {
+    /// Before `Start`: nothing has been dialed yet.
+    #[state]
+    fn idle(&mut self, context: &mut Step, event: &Event) -> Response<State> {
+        match event {
+            Event::Start => Transition(self.dial_or_refresh(context, 0, Guards::default())),
+            Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
+            Event::UserInterrupt => Transition(State::terminated(Outcome::Interrupted)),
+            _ => Handled,
+        }
+    }
+
+    #[superstate]
+    fn running(event: &Event) -> Response<State> {
+        match event {
+            Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
+            // Stray events (a frame from a connection already given up on, a timer
+            // that raced its cancellation) are ignored.
+            _ => Handled,
+        }
+    }
+
+    #[superstate(superstate = "running")]
+    fn offline(event: &Event) -> Response<State> {
+        match event {
+            Event::UserInterrupt => Transition(State::terminated(Outcome::Interrupted)),
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "offline", entry_action = "enter_dialing")]
+    fn dialing(
+        &mut self,
+        context: &mut Step,
+        attempt: &mut u32,
+        guards: &mut Guards,
+        event: &Event,
+    ) -> Response<State> {
+        match event {
+            Event::DialSucceeded => {
+                if *attempt > 0 || guards.refreshed_in_streak {
+                    context.push(Effect::Notify(Notice::Reconnected));
+                }
+                Transition(State::connected(false, false, *guards))
+            }
+            Event::DialFailed(failure) => {
+                Transition(self.after_failure(context, failure.clone(), *guards))
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_dialing(context: &mut Step) {
+        context.push(Effect::Dial);
+    }
+
+    #[state(superstate = "offline", entry_action = "enter_refreshing_token")]
+    fn refreshing_token(
+        &mut self,
+        context: &mut Step,
+        reason: &mut RefreshReason,
+        attempt: &mut u32,
+        guards: &mut Guards,
+        event: &Event,
+    ) -> Response<State> {
+        match event {
+            Event::RefreshDone(Ok(())) => Transition(State::dialing(*attempt, *guards)),
+            Event::RefreshDone(Err(failure)) => {
+                context.reason = Some(failure.label());
+                Transition(match self.config.rules.classify(failure) {
+                    Class::Transient => self.retry_later(
+                        context,
+                        failure.clone(),
+                        *guards,
+                        Resume::Refresh(*reason),
+                    ),
+                    class => State::terminated(Outcome::Stopped {
+                        class,
+                        failure: failure.clone(),
+                    }),
+                })
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_refreshing_token(context: &mut Step) {
+        context.push(Effect::Refresh);
+    }
+
+    #[state(
+        superstate = "offline",
+        entry_action = "enter_backoff",
+        exit_action = "exit_backoff"
+    )]
+    fn backoff(
+        &mut self,
+        context: &mut Step,
+        attempt: &mut u32,
+        delay: &mut Duration,
+        resume: &mut Resume,
+        guards: &mut Guards,
+        event: &Event,
+    ) -> Response<State> {
+        let _ = delay;
+        match event {
+            Event::Timer(TimerKind::Backoff) => Transition(match resume {
+                Resume::Dial => self.dial_or_refresh(context, *attempt, *guards),
+                Resume::Refresh(reason) => State::refreshing_token(*reason, *attempt, *guards),
+            }),
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_backoff(context: &mut Step, delay: &mut Duration) {
+        context.push(Effect::StartTimer(TimerKind::Backoff, *delay));
+    }
+
+    #[action]
+    fn exit_backoff(context: &mut Step) {
+        context.push(Effect::CancelTimer(TimerKind::Backoff));
+    }
+
+    #[state(
+        superstate = "running",
+        entry_action = "enter_connected",
+        exit_action = "exit_connected"
+    )]
+    fn connected(
+        &mut self,
+        context: &mut Step,
+        since_stable: &mut bool,
+        closing: &mut bool,
+        guards: &mut Guards,
+        event: &Event,
+    ) -> Response<State> {
+        match event {
+            Event::Frame(message) => {
+                // Anything at all proves the peer is alive, pongs included.
+                context.push(Effect::StartTimer(TimerKind::Liveness, self.liveness()));
+                match message {
+                    Message::Text(_) | Message::Binary(_) => {
+                        context.push(Effect::Deliver(message.clone()));
+                        Handled
+                    }
+                    Message::Close(frame) => {
+                        let failure = match frame {
+                            Some(frame) => Failure::Close {
+                                code: frame.code.into(),
+                                reason: frame.reason.to_string(),
+                            },
+                            None => Failure::Close {
+                                code: 1005,
+                                reason: String::new(),
+                            },
+                        };
+                        Transition(self.after_disconnect(context, failure, *closing, *guards))
+                    }
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Handled,
+                }
+            }
+            Event::Closed(failure) => Transition(self.after_disconnect(
+                context,
+                failure.clone(),
+                *closing,
+                *guards,
+            )),
+            Event::Timer(TimerKind::Ping) => {
+                context.push(Effect::Send(Message::Ping(Default::default())));
+                context.push(Effect::StartTimer(
+                    TimerKind::Ping,
+                    self.config.ping_interval,
+                ));
+                Handled
+            }
+            Event::Timer(TimerKind::Liveness) => {
+                context.push(Effect::Close(
+                    CLOSE_GOING_AWAY,
+                    "no data received before the liveness deadline".into(),
+                ));
+                Transition(self.after_disconnect(
+                    context,
+                    Failure::Liveness,
+                    *closing,
+                    *guards,
+                ))
+            }
+            Event::Timer(TimerKind::Stable) => {
+                // The connection proved itself: a new streak starts.
+                *since_stable = true;
+                *guards = Guards::default();
+                Handled
+            }
+            Event::Timer(TimerKind::CloseGrace) if *closing => {
+                Transition(State::terminated(Outcome::Done))
+            }
+            Event::LocalEof if !*closing => {
+                *closing = true;
+                context.push(Effect::Close(1000, String::new()));
+                context.push(Effect::StartTimer(
+                    TimerKind::CloseGrace,
+                    self.config.close_grace,
+                ));
+                Handled
+            }
+            Event::UserInterrupt => {
+                context.push(Effect::Send(Message::Binary(vec![CTRL_C].into())));
+                Handled
+            }
+            Event::Signal(_) => {
+                if !*closing {
+                    context.push(Effect::Close(CLOSE_GOING_AWAY, String::new()));
+                }
+                Super
+            }
+            _ => Super,
+        }
+    }
+
+    #[action]
+    fn enter_connected(&mut self, context: &mut Step, since_stable: &mut bool) {
+        context.push(Effect::StartTimer(
+            TimerKind::Ping,
+            self.config.ping_interval,
+        ));
+        context.push(Effect::StartTimer(TimerKind::Liveness, self.liveness()));
+        if !*since_stable {
+            context.push(Effect::StartTimer(
+                TimerKind::Stable,
+                self.config.stable_after,
+            ));
+        }
+    }
+
+    #[action]
+    fn exit_connected(context: &mut Step) {
+        for kind in [
+            TimerKind::Ping,
+            TimerKind::Liveness,
+            TimerKind::Stable,
+            TimerKind::CloseGrace,
+        ] {
+            context.push(Effect::CancelTimer(kind));
+        }
+    }
+
+    /// Absorbing: every event is ignored.
+    #[state(entry_action = "enter_terminated")]
+    fn terminated(outcome: &mut Outcome) -> Response<State> {
+        let _ = outcome;
+        Handled
+    }
+
+    #[action]
+    fn enter_terminated(context: &mut Step, outcome: &mut Outcome) {
+        context.push(Effect::Exit(outcome.clone()));
+    }
+}
+
+impl Core {
+    fn liveness(&self) -> Duration {
+        self.config.ping_interval + self.config.pong_timeout
+    }
+
+    /// Dial next, unless the token is about to expire and can be refreshed first.
+    fn dial_or_refresh(&self, context: &Step, attempt: u32, guards: Guards) -> State {
+        if context.creds.refreshable && context.creds.expiring_soon {
+            State::refreshing_token(RefreshReason::Proactive, attempt, guards)
+        } else {
+            State::dialing(attempt, guards)
+        }
+    }
+
+    /// The connection went away after it was established.
+    fn after_disconnect(
+        &mut self,
+        context: &mut Step,
+        failure: Failure,
+        closing: bool,
+        guards: Guards,
+    ) -> State {
+        if closing {
+            // We asked to close; whatever the server answered, we are done.
+            return State::terminated(Outcome::Done);
+        }
+        if !self.config.redial_after_connected {
+            context.reason = Some(failure.label());
+            let class = self.config.rules.classify(&failure);
+            return State::terminated(match class {
+                Class::Done => Outcome::Done,
+                class => Outcome::Stopped { class, failure },
+            });
+        }
+        self.after_failure(context, failure, guards)
+    }
+
+    /// The heart of the policy: what a failure leads to.
+    fn after_failure(&mut self, context: &mut Step, failure: Failure, mut guards: Guards) -> State {
+        context.reason = Some(failure.label());
+        let class = self.config.rules.classify(&failure);
+        match class {
+            Class::Done => State::terminated(Outcome::Done),
+            Class::Transient => self.retry_later(context, failure, guards, Resume::Dial),
+            Class::Auth if context.creds.refreshable && !guards.refreshed_in_streak => {
+                guards.refreshed_in_streak = true;
+                context.push(Effect::Notify(Notice::Refreshing {
+                    reason: RefreshReason::Rejected,
+                    failure: Some(failure),
+                }));
+                // The redial after a forced refresh is free: it does not count.
+                State::refreshing_token(
+                    RefreshReason::Rejected,
+                    guards.failures_in_streak,
+                    guards,
+                )
+            }
+            class => State::terminated(Outcome::Stopped { class, failure }),
+        }
+    }
+
+    /// Count a transient failure against the budget and back off, or give up.
+    fn retry_later(
+        &mut self,
+        context: &mut Step,
+        failure: Failure,
+        mut guards: Guards,
+        resume: Resume,
+    ) -> State {
+        guards.failures_in_streak = guards.failures_in_streak.saturating_add(1);
+        let attempt = guards.failures_in_streak;
+        if let Some(max) = self.config.max_retries {
+            if attempt > max {
+                return State::terminated(Outcome::RetriesExhausted {
+                    failure,
+                    retries: max,
+                });
+            }
+        }
+        let delay = self.backoff.delay(attempt, failure.retry_after());
+        context.push(Effect::Notify(Notice::Retrying {
+            failure,
+            delay,
+            attempt,
+            max_retries: self.config.max_retries,
+        }));
+        State::backoff(attempt, delay, resume, guards)
+    }
+
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut Step) {
+        let (attempt, delay_ms) = match target {
+            State::Dialing { attempt, .. } | State::RefreshingToken { attempt, .. } => {
+                (Some(*attempt), None)
+            }
+            State::Backoff { attempt, delay, .. } => {
+                (Some(*attempt), Some(delay.as_millis() as u64))
+            }
+            _ => (None, None),
+        };
+        let reason = context.reason.take();
+        tracing::debug!(
+            target: "wsup::machine",
+            from = state_name(source),
+            to = state_name(target),
+            event = context.event,
+            attempt,
+            delay_ms,
+            reason = reason.as_deref(),
+            "{} -> {}",
+            state_name(source),
+            state_name(target),
+        );
+    }
+}
+
+/// The names used in logs, notices and docs.
+pub fn state_name(state: &State) -> &'static str {
+    match state {
+        State::Idle {} => "Idle",
+        State::Dialing { .. } => "Dialing",
+        State::RefreshingToken { .. } => "RefreshingToken",
+        State::Backoff { .. } => "Backoff",
+        State::Connected { .. } => "Connected",
+        State::Terminated { .. } => "Terminated",
+    }
+}
+
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Start => "start",
+        Event::DialSucceeded => "dial_succeeded",
+        Event::DialFailed(_) => "dial_failed",
+        Event::Frame(_) => "frame",
+        Event::Closed(_) => "closed",
+        Event::Timer(TimerKind::Backoff) => "timer_backoff",
+        Event::Timer(TimerKind::Ping) => "timer_ping",
+        Event::Timer(TimerKind::Liveness) => "timer_liveness",
+        Event::Timer(TimerKind::Stable) => "timer_stable",
+        Event::Timer(TimerKind::CloseGrace) => "timer_close_grace",
+        Event::RefreshDone(Ok(())) => "refresh_ok",
+        Event::RefreshDone(Err(_)) => "refresh_failed",
+        Event::Signal(Sig::Interrupt) => "sigint",
+        Event::Signal(Sig::Terminate) => "sigterm",
+        Event::UserInterrupt => "user_interrupt",
+        Event::LocalEof => "local_eof",
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(state_name(self))
+    }
+}
+
+/// The supervisor's state machine with its per-dispatch context.
+pub struct Machine {
+    inner: InitializedStateMachine<Core>,
+    step: Step,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine").field("state", self.state()).finish()
+    }
+}
+
+impl Machine {
+    pub fn new(config: MachineConfig, backoff: Backoff) -> Self {
+        let mut step = Step::default();
+        let inner = Core { config, backoff }
+            .uninitialized_state_machine()
+            .init_with_context(&mut step);
+        Machine { inner, step }
+    }
+
+    /// Tell the machine what it may do with the credentials (refreshed by the driver).
+    pub fn set_credentials(&mut self, creds: CredentialState) {
+        self.step.creds = creds;
+    }
+
+    /// Feed one event; returns the effects the driver must carry out, in order.
+    pub fn handle(&mut self, event: Event) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.handle_into(&event, &mut out);
+        out
+    }
+
+    /// Like [`Machine::handle`], appending to a buffer the caller reuses: no allocation
+    /// per event on the data path.
+    pub fn handle_into(&mut self, event: &Event, out: &mut Vec<Effect>) {
+        self.step.event = event_name(event);
+        self.inner.handle_with_context(event, &mut self.step);
+        out.append(&mut self.step.effects);
+    }
+
+    pub fn state(&self) -> &State {
+        self.inner.state()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state(), State::Connected { .. })
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.state(), State::Terminated { .. })
+    }
+
+    pub fn config(&self) -> &MachineConfig {
+        &self.inner.config
+    }
+}
+
+// Make sure the machine can move into a spawned tokio task.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Machine>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::{BackoffPolicy, Jitter};
+    use crate::classify::NetworkKind;
+
+    fn machine(config: MachineConfig) -> Machine {
+        Machine::new(
+            config,
+            Backoff::new(BackoffPolicy::default(), Jitter::seeded(9)),
+        )
+    }
+
+    fn refused() -> Failure {
+        Failure::Network {
+            kind: NetworkKind::Refused,
+            detail: String::new(),
+        }
+    }
+
+    fn close(code: u16, reason: &str) -> Failure {
+        Failure::Close {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    fn exit_of(effects: &[Effect]) -> Option<&Outcome> {
+        effects.iter().find_map(|e| match e {
+            Effect::Exit(o) => Some(o),
+            _ => None,
+        })
+    }
+
+    fn refreshable() -> CredentialState {
+        CredentialState {
+            refreshable: true,
+            expiring_soon: false,
+        }
+    }
+
+    #[test]
+    fn start_dials() {
+        let mut m = machine(MachineConfig::default());
+        assert_eq!(m.handle(Event::Start), vec![Effect::Dial]);
+        assert_eq!(state_name(m.state()), "Dialing");
+    }
+
+    #[test]
+    fn connected_arms_ping_liveness_and_stable_timers() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::DialSucceeded);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::StartTimer(TimerKind::Ping, Duration::from_secs(20)),
+                Effect::StartTimer(TimerKind::Liveness, Duration::from_secs(40)),
+                Effect::StartTimer(TimerKind::Stable, Duration::from_secs(10)),
+            ]
+        );
+        assert!(m.is_connected());
+    }
+
+    #[test]
+    fn frames_are_delivered_and_feed_liveness() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Frame(Message::Text("hi".into())));
+        assert_eq!(
+            fx,
+            vec![
+                Effect::StartTimer(TimerKind::Liveness, Duration::from_secs(40)),
+                Effect::Deliver(Message::Text("hi".into())),
+            ]
+        );
+        let fx = m.handle(Event::Frame(Message::Pong(Default::default())));
+        assert_eq!(
+            fx,
+            vec![Effect::StartTimer(
+                TimerKind::Liveness,
+                Duration::from_secs(40)
+            )]
+        );
+    }
+
+    #[test]
+    fn ping_timer_sends_a_ping_and_rearms() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Timer(TimerKind::Ping));
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Send(Message::Ping(Default::default())),
+                Effect::StartTimer(TimerKind::Ping, Duration::from_secs(20)),
+            ]
+        );
+    }
+
+    #[test]
+    fn transient_failure_backs_off_within_the_window_then_redials() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::DialFailed(refused()));
+        let delay = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::StartTimer(TimerKind::Backoff, d) => Some(*d),
+                _ => None,
+            })
+            .expect("a backoff timer");
+        assert!(delay <= Duration::from_millis(500));
+        assert!(matches!(
+            m.state(),
+            State::Backoff {
+                attempt: 1,
+                resume: Resume::Dial,
+                ..
+            }
+        ));
+        let fx = m.handle(Event::Timer(TimerKind::Backoff));
+        assert_eq!(
+            fx,
+            vec![Effect::CancelTimer(TimerKind::Backoff), Effect::Dial]
+        );
+    }
+
+    #[test]
+    fn close_1000_ends_with_exit_0() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Closed(close(1000, "bye")));
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+        assert_eq!(Outcome::Done.exit_code(), 0);
+    }
+
+    #[test]
+    fn close_frame_event_is_classified_like_closed() {
+        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Frame(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(1002),
+            reason: "bad frame".into(),
+        }))));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(69));
+    }
+
+    #[test]
+    fn max_retries_allows_n_redials_then_exits_75() {
+        let config = MachineConfig {
+            max_retries: Some(2),
+            ..MachineConfig::default()
+        };
+        let mut m = machine(config);
+        let mut dials = m.handle(Event::Start).iter().filter(|e| **e == Effect::Dial).count();
+        loop {
+            let fx = m.handle(Event::DialFailed(refused()));
+            if let Some(outcome) = exit_of(&fx) {
+                assert_eq!(outcome.exit_code(), 75);
+                assert!(matches!(outcome, Outcome::RetriesExhausted { retries: 2, .. }));
+                break;
+            }
+            let fx = m.handle(Event::Timer(TimerKind::Backoff));
+            dials += fx.iter().filter(|e| **e == Effect::Dial).count();
+        }
+        assert_eq!(dials, 3, "N+1 attempts in all");
+    }
+
+    #[test]
+    fn max_retries_zero_never_redials() {
+        let mut m = machine(MachineConfig {
+            max_retries: Some(0),
+            ..MachineConfig::default()
+        });
+        m.handle(Event::Start);
+        let fx = m.handle(Event::DialFailed(refused()));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(75));
+        assert!(!fx.contains(&Effect::Dial));
+    }
+
+    #[test]
+    fn static_token_rejected_stops_with_77_without_refreshing() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::DialFailed(Failure::Http {
+            status: 401,
+            retry_after: None,
+        }));
+        assert!(!fx.contains(&Effect::Refresh));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
+    }
+
+    #[test]
+    fn rejected_token_is_refreshed_once_then_redialed_at_once_for_free() {
+        let mut m = machine(MachineConfig {
+            max_retries: Some(0),
+            ..MachineConfig::default()
+        });
+        m.set_credentials(refreshable());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Closed(close(1008, "token expired")));
+        assert!(fx.contains(&Effect::Refresh));
+        let fx = m.handle(Event::RefreshDone(Ok(())));
+        assert!(fx.contains(&Effect::Dial), "redial at once, even with max_retries 0");
+        m.handle(Event::DialSucceeded);
+        // The server upgrades and closes 1008 again before the connection is stable:
+        // no second refresh in the same streak.
+        let fx = m.handle(Event::Closed(close(1008, "token expired")));
+        assert!(!fx.contains(&Effect::Refresh));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
+    }
+
+    #[test]
+    fn guards_reset_only_after_the_connection_is_stable() {
+        let mut m = machine(MachineConfig::default());
+        m.set_credentials(refreshable());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::Closed(close(1008, "")));
+        m.handle(Event::RefreshDone(Ok(())));
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::Timer(TimerKind::Stable));
+        // A new streak: one more refresh is allowed.
+        let fx = m.handle(Event::Closed(close(1008, "")));
+        assert!(fx.contains(&Effect::Refresh));
+    }
+
+    #[test]
+    fn proactive_refresh_before_dialing_an_expiring_token() {
+        let mut m = machine(MachineConfig::default());
+        m.set_credentials(CredentialState {
+            refreshable: true,
+            expiring_soon: true,
+        });
+        assert_eq!(m.handle(Event::Start), vec![Effect::Refresh]);
+        assert!(matches!(
+            m.state(),
+            State::RefreshingToken {
+                reason: RefreshReason::Proactive,
+                ..
+            }
+        ));
+        assert_eq!(m.handle(Event::RefreshDone(Ok(()))), vec![Effect::Dial]);
+    }
+
+    #[test]
+    fn failed_refresh_backs_off_and_retries_the_refresh() {
+        let mut m = machine(MachineConfig::default());
+        m.set_credentials(refreshable());
+        m.handle(Event::Start);
+        m.handle(Event::DialFailed(Failure::Http {
+            status: 403,
+            retry_after: None,
+        }));
+        let fx = m.handle(Event::RefreshDone(Err(Failure::Refresh {
+            status: Some(503),
+            detail: String::new(),
+        })));
+        assert!(fx.iter().any(|e| matches!(e, Effect::StartTimer(TimerKind::Backoff, _))));
+        let fx = m.handle(Event::Timer(TimerKind::Backoff));
+        assert!(fx.contains(&Effect::Refresh), "{fx:?}");
+    }
+
+    #[test]
+    fn invalid_grant_stops_with_77() {
+        let mut m = machine(MachineConfig::default());
+        m.set_credentials(refreshable());
+        m.handle(Event::Start);
+        m.handle(Event::DialFailed(Failure::Http {
+            status: 401,
+            retry_after: None,
+        }));
+        let fx = m.handle(Event::RefreshDone(Err(Failure::Refresh {
+            status: Some(400),
+            detail: "invalid_grant".into(),
+        })));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
+    }
+
+    #[test]
+    fn retry_after_sets_the_floor() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::DialFailed(Failure::Http {
+            status: 503,
+            retry_after: Some(Duration::from_secs(2)),
+        }));
+        assert!(fx.iter().any(|e| matches!(e, Effect::StartTimer(TimerKind::Backoff, d) if *d >= Duration::from_secs(2))));
+    }
+
+    #[test]
+    fn liveness_timeout_closes_and_backs_off() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Timer(TimerKind::Liveness));
+        assert!(matches!(fx.first(), Some(Effect::Close(CLOSE_GOING_AWAY, _))));
+        assert!(matches!(m.state(), State::Backoff { .. }));
+    }
+
+    #[test]
+    fn signals_terminate_from_every_state_with_their_exit_codes() {
+        let prefixes: Vec<Vec<Event>> = vec![
+            vec![],
+            vec![Event::Start],
+            vec![Event::Start, Event::DialSucceeded],
+            vec![Event::Start, Event::DialFailed(refused())],
+        ];
+        for prefix in prefixes {
+            for (sig, code) in [(Sig::Interrupt, 130), (Sig::Terminate, 143)] {
+                let mut m = machine(MachineConfig::default());
+                for e in &prefix {
+                    m.handle(e.clone());
+                }
+                let fx = m.handle(Event::Signal(sig));
+                assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(code), "{prefix:?}");
+                assert!(m.is_terminated());
+            }
+        }
+    }
+
+    #[test]
+    fn signal_while_connected_sends_a_close_frame_first() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Signal(Sig::Terminate));
+        assert_eq!(fx.first(), Some(&Effect::Close(CLOSE_GOING_AWAY, String::new())));
+        assert_eq!(fx.last(), Some(&Effect::Exit(Outcome::Signal(Sig::Terminate))));
+    }
+
+    #[test]
+    fn ctrl_c_is_forwarded_while_connected_and_quits_while_offline() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::UserInterrupt);
+        assert_eq!(fx, vec![Effect::Send(Message::Binary(vec![CTRL_C].into()))]);
+        m.handle(Event::Closed(close(1011, "agent gone")));
+        let fx = m.handle(Event::UserInterrupt);
+        assert_eq!(exit_of(&fx), Some(&Outcome::Interrupted));
+        assert_eq!(Outcome::Interrupted.exit_code(), 130);
+    }
+
+    #[test]
+    fn local_eof_closes_then_waits_for_the_server() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::LocalEof);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Close(1000, String::new()),
+                Effect::StartTimer(TimerKind::CloseGrace, Duration::from_secs(2)),
+            ]
+        );
+        // Messages still arriving are delivered.
+        let fx = m.handle(Event::Frame(Message::Text("late".into())));
+        assert!(fx.contains(&Effect::Deliver(Message::Text("late".into()))));
+        let fx = m.handle(Event::Closed(close(1000, "")));
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn local_eof_without_an_answer_ends_after_the_grace_period() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        let fx = m.handle(Event::Timer(TimerKind::CloseGrace));
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn tunnel_mode_does_not_redial_after_connected() {
+        let mut m = machine(MachineConfig {
+            redial_after_connected: false,
+            ..MachineConfig::default()
+        });
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Closed(close(1011, "")));
+        assert!(!fx.contains(&Effect::Dial));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(75));
+    }
+
+    #[test]
+    fn terminated_ignores_everything() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Signal(Sig::Interrupt));
+        for e in [
+            Event::Start,
+            Event::DialSucceeded,
+            Event::Signal(Sig::Terminate),
+            Event::Timer(TimerKind::Backoff),
+        ] {
+            assert!(m.handle(e).is_empty());
+            assert!(m.is_terminated());
+        }
+    }
+
+    #[test]
+    fn permanent_failures_stop_with_their_codes() {
+        for (failure, code) in [
+            (close(1002, ""), 69),
+            (close(1007, "Invalid permission: Not authorized to websocket-gateway SHELL_EXEC"), 77),
+            (close(1009, ""), 65),
+            (Failure::Http { status: 404, retry_after: None }, 69),
+            (Failure::Tls("bad cert".into()), 69),
+        ] {
+            let mut m = machine(MachineConfig::default());
+            m.handle(Event::Start);
+            let fx = m.handle(Event::DialFailed(failure.clone()));
+            assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(code), "{failure:?}");
+            assert!(!fx.contains(&Effect::Dial));
+        }
+    }
+}
