@@ -129,9 +129,15 @@ impl ClassifyRules {
 /// the reason so the user hears "permission", not "bad data".
 fn reason_denies_permission(reason: &str) -> bool {
     let reason = reason.to_ascii_lowercase();
-    ["permission", "not authorized", "unauthorized", "forbidden", "access denied"]
-        .iter()
-        .any(|needle| reason.contains(needle))
+    [
+        "permission",
+        "not authorized",
+        "unauthorized",
+        "forbidden",
+        "access denied",
+    ]
+    .iter()
+    .any(|needle| reason.contains(needle))
 }
 
 pub fn classify_http(status: u16) -> Class {
@@ -237,16 +243,28 @@ impl fmt::Display for Failure {
                     write!(f, "{what}: {}", escape_untrusted(detail))
                 }
             }
-            Failure::Liveness => f.write_str("no data received before the liveness deadline (connection looks half-open)"),
-            Failure::Refresh { status: Some(status), detail } => {
+            Failure::Liveness => f.write_str(
+                "no data received before the liveness deadline (connection looks half-open)",
+            ),
+            Failure::Refresh {
+                status: Some(status),
+                detail,
+            } => {
                 write!(f, "token endpoint answered HTTP {status}")?;
                 if !detail.is_empty() {
                     write!(f, " ({})", escape_untrusted(detail))?;
                 }
                 Ok(())
             }
-            Failure::Refresh { status: None, detail } => {
-                write!(f, "token endpoint unreachable: {}", escape_untrusted(detail))
+            Failure::Refresh {
+                status: None,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "token endpoint unreachable: {}",
+                    escape_untrusted(detail)
+                )
             }
             Failure::Internal(detail) => write!(f, "internal error: {}", escape_untrusted(detail)),
         }
@@ -278,7 +296,9 @@ impl Failure {
             Failure::Tls(_) => "tls".into(),
             Failure::Network { kind, .. } => format!("{kind:?}").to_ascii_lowercase(),
             Failure::Liveness => "liveness timeout".into(),
-            Failure::Refresh { status: Some(s), .. } => format!("token endpoint {s}"),
+            Failure::Refresh {
+                status: Some(s), ..
+            } => format!("token endpoint {s}"),
             Failure::Refresh { status: None, .. } => "token endpoint unreachable".into(),
             Failure::Internal(_) => "internal".into(),
         }
@@ -311,7 +331,9 @@ mod tests {
 
     #[test]
     fn transient_close_codes_and_unknown_codes_are_transient() {
-        for code in [1001, 1005, 1006, 1012, 1013, 1014, 1004, 2000, 2999, 3500, 5000] {
+        for code in [
+            1001, 1005, 1006, 1012, 1013, 1014, 1004, 2000, 2999, 3500, 5000,
+        ] {
             assert_eq!(close(code, ""), Class::Transient, "code {code}");
         }
         assert_eq!(Class::Transient.exit_code(), 75);
@@ -323,7 +345,10 @@ mod tests {
             code: 1011,
             reason: "No shell-agent listening for this cluster".into(),
         };
-        assert_eq!(ClassifyRules::default().classify(&failure), Class::Transient);
+        assert_eq!(
+            ClassifyRules::default().classify(&failure),
+            Class::Transient
+        );
         assert_eq!(
             failure.to_string(),
             "server closed 1011 (No shell-agent listening for this cluster)"
@@ -454,7 +479,10 @@ mod tests {
     fn retry_after_http_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
     }

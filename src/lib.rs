@@ -1,7 +1,21 @@
 //! wsup: a websocket connection supervisor.
 //!
-//! See `docs/architecture.md` for the layers and the state machine.
+//! It keeps one long-lived websocket session alive through network faults, server
+//! restarts and expiring credentials, and stops fast, with a clear message and a
+//! meaningful exit code, when retrying cannot help. See `docs/architecture.md` for the
+//! layers and the state machine.
 pub mod backoff;
 pub mod classify;
+pub mod cli;
+pub mod credentials;
+pub mod demo;
+pub mod driver;
 pub mod machine;
+pub mod report;
+pub mod serve;
+pub mod session;
+pub mod transport;
 
+pub use driver::{Config, Supervisor};
+pub use machine::Outcome;
+pub use session::Session;

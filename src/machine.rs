@@ -24,8 +24,8 @@
 
 use crate::backoff::Backoff;
 use crate::classify::{Class, ClassifyRules, Failure};
-use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 use statig::blocking::state_machine;
+use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 use statig::Outcome as Response;
 use statig::Outcome::{Handled, Super, Transition};
 use std::fmt;
@@ -123,9 +123,15 @@ pub enum Outcome {
     /// The server closed normally, or the local side finished.
     Done,
     /// A failure that retrying cannot fix (or that we may not retry).
-    Stopped { class: Class, failure: Failure },
+    Stopped {
+        class: Class,
+        failure: Failure,
+    },
     /// Transient failures outlasted `max_retries`.
-    RetriesExhausted { failure: Failure, retries: u32 },
+    RetriesExhausted {
+        failure: Failure,
+        retries: u32,
+    },
     Signal(Sig),
     /// Ctrl+C while offline.
     Interrupted,
@@ -399,12 +405,9 @@ impl Core {
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Handled,
                 }
             }
-            Event::Closed(failure) => Transition(self.after_disconnect(
-                context,
-                failure.clone(),
-                *closing,
-                *guards,
-            )),
+            Event::Closed(failure) => {
+                Transition(self.after_disconnect(context, failure.clone(), *closing, *guards))
+            }
             Event::Timer(TimerKind::Ping) => {
                 context.push(Effect::Send(Message::Ping(Default::default())));
                 context.push(Effect::StartTimer(
@@ -418,12 +421,7 @@ impl Core {
                     CLOSE_GOING_AWAY,
                     "no data received before the liveness deadline".into(),
                 ));
-                Transition(self.after_disconnect(
-                    context,
-                    Failure::Liveness,
-                    *closing,
-                    *guards,
-                ))
+                Transition(self.after_disconnect(context, Failure::Liveness, *closing, *guards))
             }
             Event::Timer(TimerKind::Stable) => {
                 // The connection proved itself: a new streak starts.
@@ -548,11 +546,7 @@ impl Core {
                     failure: Some(failure),
                 }));
                 // The redial after a forced refresh is free: it does not count.
-                State::refreshing_token(
-                    RefreshReason::Rejected,
-                    guards.failures_in_streak,
-                    guards,
-                )
+                State::refreshing_token(RefreshReason::Rejected, guards.failures_in_streak, guards)
             }
             class => State::terminated(Outcome::Stopped { class, failure }),
         }
@@ -659,7 +653,9 @@ pub struct Machine {
 
 impl fmt::Debug for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Machine").field("state", self.state()).finish()
+        f.debug_struct("Machine")
+            .field("state", self.state())
+            .finish()
     }
 }
 
@@ -875,12 +871,19 @@ mod tests {
             ..MachineConfig::default()
         };
         let mut m = machine(config);
-        let mut dials = m.handle(Event::Start).iter().filter(|e| **e == Effect::Dial).count();
+        let mut dials = m
+            .handle(Event::Start)
+            .iter()
+            .filter(|e| **e == Effect::Dial)
+            .count();
         loop {
             let fx = m.handle(Event::DialFailed(refused()));
             if let Some(outcome) = exit_of(&fx) {
                 assert_eq!(outcome.exit_code(), 75);
-                assert!(matches!(outcome, Outcome::RetriesExhausted { retries: 2, .. }));
+                assert!(matches!(
+                    outcome,
+                    Outcome::RetriesExhausted { retries: 2, .. }
+                ));
                 break;
             }
             let fx = m.handle(Event::Timer(TimerKind::Backoff));
@@ -925,7 +928,10 @@ mod tests {
         let fx = m.handle(Event::Closed(close(1008, "token expired")));
         assert!(fx.contains(&Effect::Refresh));
         let fx = m.handle(Event::RefreshDone(Ok(())));
-        assert!(fx.contains(&Effect::Dial), "redial at once, even with max_retries 0");
+        assert!(
+            fx.contains(&Effect::Dial),
+            "redial at once, even with max_retries 0"
+        );
         m.handle(Event::DialSucceeded);
         // The server upgrades and closes 1008 again before the connection is stable:
         // no second refresh in the same streak.
@@ -980,7 +986,9 @@ mod tests {
             status: Some(503),
             detail: String::new(),
         })));
-        assert!(fx.iter().any(|e| matches!(e, Effect::StartTimer(TimerKind::Backoff, _))));
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::StartTimer(TimerKind::Backoff, _))));
         let fx = m.handle(Event::Timer(TimerKind::Backoff));
         assert!(fx.contains(&Effect::Refresh), "{fx:?}");
     }
@@ -1018,7 +1026,10 @@ mod tests {
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
         let fx = m.handle(Event::Timer(TimerKind::Liveness));
-        assert!(matches!(fx.first(), Some(Effect::Close(CLOSE_GOING_AWAY, _))));
+        assert!(matches!(
+            fx.first(),
+            Some(Effect::Close(CLOSE_GOING_AWAY, _))
+        ));
         assert!(matches!(m.state(), State::Backoff { .. }));
     }
 
@@ -1037,7 +1048,11 @@ mod tests {
                     m.handle(e.clone());
                 }
                 let fx = m.handle(Event::Signal(sig));
-                assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(code), "{prefix:?}");
+                assert_eq!(
+                    exit_of(&fx).map(Outcome::exit_code),
+                    Some(code),
+                    "{prefix:?}"
+                );
                 assert!(m.is_terminated());
             }
         }
@@ -1049,8 +1064,14 @@ mod tests {
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
         let fx = m.handle(Event::Signal(Sig::Terminate));
-        assert_eq!(fx.first(), Some(&Effect::Close(CLOSE_GOING_AWAY, String::new())));
-        assert_eq!(fx.last(), Some(&Effect::Exit(Outcome::Signal(Sig::Terminate))));
+        assert_eq!(
+            fx.first(),
+            Some(&Effect::Close(CLOSE_GOING_AWAY, String::new()))
+        );
+        assert_eq!(
+            fx.last(),
+            Some(&Effect::Exit(Outcome::Signal(Sig::Terminate)))
+        );
     }
 
     #[test]
@@ -1128,15 +1149,31 @@ mod tests {
     fn permanent_failures_stop_with_their_codes() {
         for (failure, code) in [
             (close(1002, ""), 69),
-            (close(1007, "Invalid permission: Not authorized to websocket-gateway SHELL_EXEC"), 77),
+            (
+                close(
+                    1007,
+                    "Invalid permission: Not authorized to websocket-gateway SHELL_EXEC",
+                ),
+                77,
+            ),
             (close(1009, ""), 65),
-            (Failure::Http { status: 404, retry_after: None }, 69),
+            (
+                Failure::Http {
+                    status: 404,
+                    retry_after: None,
+                },
+                69,
+            ),
             (Failure::Tls("bad cert".into()), 69),
         ] {
             let mut m = machine(MachineConfig::default());
             m.handle(Event::Start);
             let fx = m.handle(Event::DialFailed(failure.clone()));
-            assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(code), "{failure:?}");
+            assert_eq!(
+                exit_of(&fx).map(Outcome::exit_code),
+                Some(code),
+                "{failure:?}"
+            );
             assert!(!fx.contains(&Effect::Dial));
         }
     }

@@ -1,1 +1,165 @@
-fn main() {}
+//! The `wsup` binary: a thin client of the library. Parses flags, picks a session,
+//! prints notices and maps the outcome to an exit code.
+
+use clap::Parser;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+use wsup::cli::{Cli, Command, CommonArgs, LogFormat, ServeArgs};
+use wsup::driver::{process_signals, NoticeSink};
+use wsup::machine::{Outcome, Sig};
+use wsup::report::{self, CredentialKind};
+use wsup::session::connect::ConnectSession;
+use wsup::Supervisor;
+
+const EXIT_USAGE: u8 = 2;
+const EXIT_INTERNAL: u8 = 1;
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli.common, matches!(cli.command, Command::Demo));
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("wsup: cannot start the async runtime: {e}");
+            EXIT_INTERNAL
+        }
+    };
+    let _ = std::io::stdout().flush();
+    // Exit at once: a blocking stdin read must not hold the process open.
+    std::process::exit(code.into());
+}
+
+async fn run(cli: Cli) -> u8 {
+    let common = cli.common;
+    match cli.command {
+        Command::Connect { url } => {
+            let prepared = match common.prepare(&url) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
+            let kind = credential_kind(&common);
+            let outcome = Supervisor::new(prepared.config)
+                .credentials(prepared.credentials)
+                .on_notice(notice_printer(&common))
+                .signals(process_signals())
+                .run(ConnectSession::stdio())
+                .await;
+            finish(&outcome, &kind)
+        }
+        Command::Serve(args) => serve(args).await,
+        Command::Demo => {
+            match wsup::demo::run(notice_printer(&common), process_signals()).await {
+                Ok(outcome) => {
+                    let code = finish(&outcome, &CredentialKind::Refreshable);
+                    if code == 0 {
+                        eprintln!("wsup demo: the session survived every fault and ended cleanly (exit 0)");
+                    }
+                    code
+                }
+                Err(e) => {
+                    eprintln!("wsup demo: {e}");
+                    EXIT_INTERNAL
+                }
+            }
+        }
+    }
+}
+
+fn usage_error(e: impl std::fmt::Display) -> u8 {
+    eprintln!("wsup: {e}");
+    EXIT_USAGE
+}
+
+fn credential_kind(common: &CommonArgs) -> CredentialKind {
+    match &common.token_env {
+        Some(var) => CredentialKind::StaticEnv(var.clone()),
+        None => CredentialKind::None,
+    }
+}
+
+fn notice_printer(common: &CommonArgs) -> NoticeSink {
+    let quiet = common.quiet;
+    Arc::new(move |notice| {
+        if !quiet {
+            eprintln!("wsup: {}", report::notice_line(notice));
+        }
+    })
+}
+
+/// Prints the final reason (kept even with -q) and returns the exit code.
+fn finish(outcome: &Outcome, kind: &CredentialKind) -> u8 {
+    if let Some(line) = report::outcome_line(outcome, kind) {
+        eprintln!("wsup: {line}");
+    }
+    outcome.exit_code()
+}
+
+async fn serve(args: ServeArgs) -> u8 {
+    let script = match args.script.parse() {
+        Ok(s) => s,
+        Err(e) => return usage_error(format!("--script: {e}")),
+    };
+    let options = wsup::serve::ServeOptions {
+        require_token: args.require_token,
+        token_ttl: args.token_ttl,
+        ..wsup::serve::ServeOptions::new(args.listen, script)
+    };
+    let mut signals = process_signals();
+    let server = match wsup::serve::start(options).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wsup serve: cannot listen on {}: {e}", args.listen);
+            return if e.kind() == std::io::ErrorKind::InvalidInput {
+                EXIT_USAGE
+            } else {
+                69
+            };
+        }
+    };
+    // The URL on stdout lets a script that asked for port 0 find the server.
+    println!("{}", server.ws_url());
+    let _ = std::io::stdout().flush();
+    let sig = loop {
+        if signals.changed().await.is_err() {
+            break Sig::Terminate;
+        }
+        if let Some(sig) = *signals.borrow_and_update() {
+            break sig;
+        }
+    };
+    server.shutdown().await;
+    Outcome::Signal(sig).exit_code()
+}
+
+fn init_logging(common: &CommonArgs, demo: bool) {
+    let default = match (common.quiet, common.verbose, demo) {
+        (true, _, _) => "error",
+        (false, 0, false) => "warn",
+        (false, 0, true) | (false, 1, _) => "warn,wsup::machine=debug",
+        (false, 2, _) => "info,wsup=debug",
+        (false, _, _) => "trace",
+    };
+    let filter = std::env::var("WSUP_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|spec| EnvFilter::try_new(spec).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match common.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text if demo || common.verbose == 1 => builder
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,701 @@
+//! The driver: the only async code around the machine.
+//!
+//! One biased `tokio::select!` loop turns signals, the socket, the dial and refresh in
+//! progress, the session's messages and the timers into [`Event`]s, feeds them to the
+//! [`Machine`] and carries out the [`Effect`]s it returns. It decides nothing: every
+//! "retry or stop" lives in `machine.rs`.
+//!
+//! Every arm is cancel-safe: the socket is polled through a `poll_fn` that keeps its
+//! state in [`Conn`], the dial and refresh futures live across iterations, channel
+//! receives and `reserve` lose nothing when another arm wins.
+
+use crate::backoff::{Backoff, BackoffPolicy, Jitter};
+use crate::classify::{Failure, NetworkKind};
+use crate::credentials::{Anonymous, Credentials, Secret, EXPIRY_WINDOW};
+use crate::machine::{
+    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, RefreshReason, Sig,
+    State, TimerKind,
+};
+use crate::session::{self, LinkEnds, Session};
+use crate::transport::{failure_from_ws_error, Transport, TransportConfig, WsStream};
+use futures_util::{Sink, Stream};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+use tokio_tungstenite::tungstenite::Message;
+use url::Url;
+
+/// After a write or ping fails, keep reading this long for the server's real close frame.
+pub const DRAIN_AFTER_WRITE_ERROR: Duration = Duration::from_millis(500);
+/// On exit, how long the close frame may take to leave. Keeps signal-to-exit fast.
+const EXIT_FLUSH: Duration = Duration::from_millis(50);
+/// A retired connection gets this long to finish its closing handshake in the background.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
+/// Messages waiting for the socket before the driver stops taking more from the session.
+const SEND_QUEUE_MESSAGES: usize = 16;
+
+/// Everything a supervisor needs to know, built by the CLI or by a library user.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: Url,
+    pub transport: TransportConfig,
+    pub machine: MachineConfig,
+    pub backoff: BackoffPolicy,
+}
+
+impl Config {
+    pub fn new(url: Url) -> Self {
+        Config {
+            url,
+            transport: TransportConfig::default(),
+            machine: MachineConfig::default(),
+            backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+/// Receives the notices the user should see (failures, retry plans, refreshes).
+pub type NoticeSink = Arc<dyn Fn(&Notice) + Send + Sync>;
+
+/// A source of SIGINT/SIGTERM: `Some(sig)` once one arrived.
+pub type SignalWatch = watch::Receiver<Option<Sig>>;
+
+/// Keeps one websocket session alive.
+///
+/// ```no_run
+/// # async fn demo(config: wsup::Config, creds: std::sync::Arc<dyn wsup::credentials::Credentials>) {
+/// let session = wsup::session::connect::ConnectSession::stdio();
+/// let outcome = wsup::Supervisor::new(config).credentials(creds).run(session).await;
+/// std::process::exit(outcome.exit_code().into());
+/// # }
+/// ```
+pub struct Supervisor {
+    config: Config,
+    credentials: Arc<dyn Credentials>,
+    transport: Option<Transport>,
+    jitter: Option<Jitter>,
+    notices: Option<NoticeSink>,
+    signals: Option<SignalWatch>,
+}
+
+impl Supervisor {
+    pub fn new(config: Config) -> Self {
+        Supervisor {
+            config,
+            credentials: Arc::new(Anonymous),
+            transport: None,
+            jitter: None,
+            notices: None,
+            signals: None,
+        }
+    }
+
+    pub fn credentials(mut self, credentials: Arc<dyn Credentials>) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Share one transport (TLS configuration) between many supervisors.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// A seeded jitter source makes the delays reproducible.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = Some(jitter);
+        self
+    }
+
+    pub fn on_notice(mut self, sink: NoticeSink) -> Self {
+        self.notices = Some(sink);
+        self
+    }
+
+    /// Where SIGINT/SIGTERM come from. Defaults to the process's own signals.
+    pub fn signals(mut self, signals: SignalWatch) -> Self {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// Supervise until the session ends; returns how it ended.
+    pub async fn run<S: Session>(self, session: S) -> Outcome {
+        let transport = match self.transport {
+            Some(t) => t,
+            None => match Transport::new(self.config.transport.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Outcome::Stopped {
+                        class: crate::classify::Class::Internal,
+                        failure: Failure::Internal(e.to_string()),
+                    }
+                }
+            },
+        };
+        let backoff = Backoff::new(
+            self.config.backoff,
+            self.jitter.unwrap_or_else(Jitter::from_entropy),
+        );
+        let (link, ends) = session::link();
+        let session_task = tokio::spawn(session.run(link));
+        let mut driver = Driver {
+            machine: Machine::new(self.config.machine.clone(), backoff),
+            credentials: self.credentials,
+            transport,
+            url: self.config.url,
+            notices: self.notices.unwrap_or_else(|| Arc::new(log_notice)),
+            signals: self.signals.unwrap_or_else(process_signals),
+            ends,
+            conn: None,
+            dialing: None,
+            refreshing: None,
+            sent_authorization: None,
+            timers: Timers::new(),
+            pending_delivery: None,
+            outbound_done: false,
+            session_gone: false,
+            effects: Vec::with_capacity(8),
+            outcome: None,
+        };
+        let outcome = driver.run().await;
+        driver.finish(session_task, &outcome).await;
+        outcome
+    }
+}
+
+fn log_notice(notice: &Notice) {
+    tracing::info!(target: "wsup::notice", "{notice:?}");
+}
+
+/// The process's SIGINT/SIGTERM, as a watch shared by every supervisor in the process.
+///
+/// Registered once, on a small thread of its own, so that it outlives any one tokio
+/// runtime (tests and benchmarks create many). Once registered, the signals no longer
+/// kill the process: the supervisors exit cleanly with 130/143 instead.
+pub fn process_signals() -> SignalWatch {
+    static SIGNALS: OnceLock<watch::Sender<Option<Sig>>> = OnceLock::new();
+    SIGNALS
+        .get_or_init(|| {
+            let (tx, _) = watch::channel(None);
+            let publisher = tx.clone();
+            // Wait until the handlers are installed, so that a signal sent right after
+            // this returns is not lost.
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("wsup-signals".into())
+                .spawn(move || forward_signals(publisher, ready_tx));
+            match spawned {
+                Ok(_) => {
+                    if let Ok(Err(e)) = ready_rx.recv() {
+                        tracing::warn!("cannot listen for SIGINT/SIGTERM: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot start the signal thread: {e}"),
+            }
+            tx
+        })
+        .subscribe()
+}
+
+/// The body of the signal thread: its own small runtime, so that the signal stream is
+/// registered with a reactor that lives as long as the process.
+fn forward_signals(
+    publisher: watch::Sender<Option<Sig>>,
+    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
+) {
+    use futures_util::StreamExt;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut signals = match signal_hook_tokio::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        while let Some(signal) = signals.next().await {
+            let sig = match signal {
+                signal_hook::consts::SIGTERM => Sig::Terminate,
+                _ => Sig::Interrupt,
+            };
+            publisher.send_replace(Some(sig));
+        }
+    });
+}
+
+type DialFuture = Pin<Box<dyn Future<Output = Result<WsStream, Failure>> + Send>>;
+type RefreshFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+struct Driver {
+    machine: Machine,
+    credentials: Arc<dyn Credentials>,
+    transport: Transport,
+    url: Url,
+    notices: NoticeSink,
+    signals: SignalWatch,
+    ends: LinkEnds,
+    conn: Option<Conn>,
+    dialing: Option<DialFuture>,
+    refreshing: Option<RefreshFuture>,
+    /// What the last dial sent, so a refresh can tell whether someone else already
+    /// replaced the rejected token.
+    sent_authorization: Option<Secret>,
+    timers: Timers,
+    /// A message the session could not take yet: the socket is not read until it does.
+    pending_delivery: Option<Message>,
+    outbound_done: bool,
+    session_gone: bool,
+    effects: Vec<Effect>,
+    outcome: Option<Outcome>,
+}
+
+impl Driver {
+    async fn run(&mut self) -> Outcome {
+        self.feed(Event::Start);
+        // A signal that arrived before we started still counts.
+        let early_signal = *self.signals.borrow_and_update();
+        if let Some(sig) = early_signal {
+            self.feed(Event::Signal(sig));
+        }
+        let mut signals_open = true;
+        let mut control_open = true;
+        while self.outcome.is_none() {
+            let take_outbound = !self.outbound_done
+                && self.machine_accepts_outbound()
+                && self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.queue.len() < SEND_QUEUE_MESSAGES);
+            let read_enabled = self.pending_delivery.is_none();
+            let event = tokio::select! {
+                biased;
+                changed = self.signals.changed(), if signals_open => {
+                    match changed {
+                        Ok(()) => match *self.signals.borrow_and_update() {
+                            Some(sig) => Event::Signal(sig),
+                            None => continue,
+                        },
+                        Err(_) => {
+                            signals_open = false;
+                            continue;
+                        }
+                    }
+                }
+                control = self.ends.control.recv(), if control_open => match control {
+                    Some(session::Control::Interrupt) => Event::UserInterrupt,
+                    None => {
+                        control_open = false;
+                        continue;
+                    }
+                },
+                io = poll_fn(|cx| self.conn.as_mut().map_or(Poll::Pending, |c| c.poll_io(cx, read_enabled))),
+                    if self.conn.is_some() => match io {
+                    ConnEvent::Frame(message) => Event::Frame(message),
+                    ConnEvent::Closed(failure) => {
+                        if let Some(conn) = self.conn.take() {
+                            conn.retire();
+                        }
+                        Event::Closed(failure)
+                    }
+                },
+                dialed = async { self.dialing.as_mut().expect("guarded").await }, if self.dialing.is_some() => {
+                    self.dialing = None;
+                    match dialed {
+                        Ok(ws) => {
+                            self.conn = Some(Conn::new(ws));
+                            Event::DialSucceeded
+                        }
+                        Err(failure) => Event::DialFailed(failure),
+                    }
+                }
+                refreshed = async { self.refreshing.as_mut().expect("guarded").await }, if self.refreshing.is_some() => {
+                    self.refreshing = None;
+                    Event::RefreshDone(refreshed)
+                }
+                permit = self.ends.inbound.reserve(), if self.pending_delivery.is_some() => {
+                    match permit {
+                        Ok(permit) => {
+                            permit.send(self.pending_delivery.take().expect("guarded"));
+                            continue;
+                        }
+                        Err(_) => {
+                            self.pending_delivery = None;
+                            self.session_gone = true;
+                            Event::LocalEof
+                        }
+                    }
+                }
+                item = self.ends.outbound.recv(), if take_outbound => match item {
+                    Some(item) => {
+                        if let Some(conn) = self.conn.as_mut() {
+                            conn.queue.push_back(item.message);
+                        }
+                        // The session's byte budget is released once the socket has it.
+                        drop(item.permit);
+                        continue;
+                    }
+                    None => {
+                        self.outbound_done = true;
+                        Event::LocalEof
+                    }
+                },
+                kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
+            };
+            self.feed(event);
+        }
+        self.outcome.clone().expect("loop ends with an outcome")
+    }
+
+    fn machine_accepts_outbound(&self) -> bool {
+        matches!(
+            self.machine.state(),
+            State::Connected { closing: false, .. }
+        )
+    }
+
+    /// One event in, its effects carried out. Effects that fail at once (the session is
+    /// gone) produce follow-up events, handled in order.
+    fn feed(&mut self, event: Event) {
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            if !matches!(event, Event::Frame(_)) {
+                self.machine.set_credentials(self.credential_state());
+            }
+            self.machine.handle_into(&event, &mut self.effects);
+            let effects = std::mem::take(&mut self.effects);
+            for effect in effects.iter().cloned() {
+                if let Some(follow_up) = self.execute(effect) {
+                    next = Some(follow_up);
+                }
+            }
+            let mut effects = effects;
+            effects.clear();
+            self.effects = effects;
+            if !self.machine.is_connected() && self.outcome.is_none() {
+                if let Some(conn) = self.conn.take() {
+                    conn.retire();
+                }
+            }
+        }
+    }
+
+    fn credential_state(&self) -> CredentialState {
+        CredentialState {
+            refreshable: self.credentials.can_refresh(),
+            expiring_soon: self
+                .credentials
+                .expires_within(SystemTime::now(), EXPIRY_WINDOW),
+        }
+    }
+
+    fn execute(&mut self, effect: Effect) -> Option<Event> {
+        match effect {
+            Effect::Dial => {
+                if let Some(conn) = self.conn.take() {
+                    conn.retire();
+                }
+                let url = self.dial_url();
+                let authorization = self.credentials.authorization();
+                self.sent_authorization = authorization.clone();
+                let transport = self.transport.clone();
+                tracing::debug!(target: "wsup::driver", host = url.host_str(), path = url.path(), "dialing");
+                self.dialing = Some(Box::pin(async move {
+                    transport
+                        .dial(&url, authorization.as_ref().map(Secret::expose))
+                        .await
+                }));
+            }
+            Effect::Send(message) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.queue.push_back(message);
+                }
+            }
+            Effect::Deliver(message) => {
+                if self.session_gone {
+                    return None;
+                }
+                match self.ends.inbound.try_send(message) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(message)) => {
+                        self.pending_delivery = Some(message);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        // The session stopped taking output (stdout closed): wind down.
+                        self.session_gone = true;
+                        return Some(Event::LocalEof);
+                    }
+                }
+            }
+            Effect::Close(code, reason) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.queue.push_back(Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    })));
+                }
+            }
+            Effect::StartTimer(kind, after) => self.timers.start(kind, after),
+            Effect::CancelTimer(kind) => self.timers.cancel(kind),
+            Effect::Refresh => {
+                let rejected = match self.machine.state() {
+                    State::RefreshingToken {
+                        reason: RefreshReason::Rejected,
+                        ..
+                    } => self.sent_authorization.clone(),
+                    _ => None,
+                };
+                let credentials = self.credentials.clone();
+                self.refreshing = Some(Box::pin(async move {
+                    credentials.refresh(rejected.as_ref()).await
+                }));
+            }
+            Effect::Notify(notice) => (self.notices)(&notice),
+            Effect::Exit(outcome) => self.outcome = Some(outcome),
+        }
+        None
+    }
+
+    fn dial_url(&self) -> Url {
+        let extra = self.ends.dial_query.get();
+        let mut url = self.url.clone();
+        if !extra.is_empty() {
+            let mut query = url.query_pairs_mut();
+            for (key, value) in &extra {
+                query.append_pair(key, value);
+            }
+        }
+        url
+    }
+
+    /// After the machine exited: let the close frame leave (briefly), hand the session
+    /// what it is still owed and let it finish writing.
+    async fn finish(&mut self, session_task: tokio::task::JoinHandle<()>, outcome: &Outcome) {
+        let hurry = matches!(outcome, Outcome::Signal(_) | Outcome::Interrupted);
+        if let Some(mut conn) = self.conn.take() {
+            let _ = tokio::time::timeout(EXIT_FLUSH, poll_fn(|cx| conn.poll_flush_queue(cx))).await;
+        }
+        let budget = if hurry {
+            EXIT_FLUSH
+        } else {
+            Duration::from_secs(1)
+        };
+        let deadline = Instant::now() + budget;
+        if let Some(message) = self.pending_delivery.take() {
+            let _ = tokio::time::timeout_at(deadline, self.ends.inbound.send(message)).await;
+        }
+        // Closing our ends tells the session the supervisor has stopped.
+        let (closed_tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.ends.inbound, closed_tx));
+        let _ = tokio::time::timeout_at(deadline, session_task).await;
+    }
+}
+
+/// An open websocket with its outgoing queue.
+struct Conn {
+    ws: WsStream,
+    queue: VecDeque<Message>,
+    needs_flush: bool,
+    /// Set when a write failed: the failure to report, unless the server's close frame
+    /// arrives before the deadline.
+    drain: Option<(Failure, Pin<Box<Sleep>>)>,
+}
+
+enum ConnEvent {
+    Frame(Message),
+    Closed(Failure),
+}
+
+impl Conn {
+    fn new(ws: WsStream) -> Self {
+        Conn {
+            ws,
+            queue: VecDeque::new(),
+            needs_flush: false,
+            drain: None,
+        }
+    }
+
+    /// Push queued writes forward, then read one frame.
+    fn poll_io(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<ConnEvent> {
+        if self.drain.is_none() {
+            if let Poll::Ready(Err(error)) = self.poll_flush_queue(cx) {
+                self.drain = Some((
+                    failure_from_ws_error(error),
+                    Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_ERROR)),
+                ));
+            }
+        }
+        if read || self.drain.is_some() {
+            match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                    return Poll::Ready(ConnEvent::Closed(close_failure(frame)));
+                }
+                Poll::Ready(Some(Ok(message))) => return Poll::Ready(ConnEvent::Frame(message)),
+                Poll::Ready(Some(Err(error))) => {
+                    let failure = match self.drain.take() {
+                        Some((write_failure, _)) => write_failure,
+                        None => failure_from_ws_error(error),
+                    };
+                    return Poll::Ready(ConnEvent::Closed(failure));
+                }
+                Poll::Ready(None) => {
+                    let failure = match self.drain.take() {
+                        Some((write_failure, _)) => write_failure,
+                        None => Failure::Network {
+                            kind: NetworkKind::Eof,
+                            detail: String::new(),
+                        },
+                    };
+                    return Poll::Ready(ConnEvent::Closed(failure));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some((failure, deadline)) = self.drain.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(ConnEvent::Closed(failure.clone()));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Ready(Ok) once everything queued is written and flushed.
+    fn poll_flush_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+        let mut ws = Pin::new(&mut self.ws);
+        while !self.queue.is_empty() {
+            match ws.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let message = self.queue.pop_front().expect("not empty");
+                    ws.as_mut().start_send(message)?;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.needs_flush {
+            match ws.poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Finish the closing handshake in the background, bounded, then drop the socket.
+    fn retire(mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(RETIRE_GRACE, async {
+                let _ = poll_fn(|cx| self.poll_flush_queue(cx)).await;
+                let _ = futures_util::SinkExt::close(&mut self.ws).await;
+            })
+            .await;
+        });
+    }
+}
+
+fn close_failure(frame: Option<CloseFrame>) -> Failure {
+    match frame {
+        Some(frame) => Failure::Close {
+            code: frame.code.into(),
+            reason: frame.reason.to_string(),
+        },
+        None => Failure::Close {
+            code: 1005,
+            reason: String::new(),
+        },
+    }
+}
+
+const TIMER_KINDS: [TimerKind; 5] = [
+    TimerKind::Backoff,
+    TimerKind::Ping,
+    TimerKind::Liveness,
+    TimerKind::Stable,
+    TimerKind::CloseGrace,
+];
+
+/// The machine's timers on one tokio `Sleep`. Re-arming a timer to a later deadline
+/// (liveness, on every frame) only stores an `Instant`; the sleep is reset only when the
+/// earliest deadline changes, so the data path does no timer-wheel work.
+struct Timers {
+    deadlines: [Option<Instant>; 5],
+    sleep: Pin<Box<Sleep>>,
+    armed_for: Option<Instant>,
+}
+
+impl Timers {
+    fn new() -> Self {
+        Timers {
+            deadlines: [None; 5],
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed_for: None,
+        }
+    }
+
+    fn slot(kind: TimerKind) -> usize {
+        TIMER_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .expect("every kind has a slot")
+    }
+
+    fn start(&mut self, kind: TimerKind, after: Duration) {
+        self.deadlines[Self::slot(kind)] = Some(Instant::now() + after);
+    }
+
+    fn cancel(&mut self, kind: TimerKind) {
+        self.deadlines[Self::slot(kind)] = None;
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<TimerKind> {
+        loop {
+            let Some(earliest) = self.deadlines.iter().flatten().min().copied() else {
+                self.armed_for = None;
+                return Poll::Pending;
+            };
+            if self.armed_for != Some(earliest) {
+                self.sleep.as_mut().reset(earliest);
+                self.armed_for = Some(earliest);
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.armed_for = None;
+            let now = Instant::now();
+            if let Some(slot) = self
+                .deadlines
+                .iter()
+                .position(|d| d.is_some_and(|d| d <= now))
+            {
+                self.deadlines[slot] = None;
+                return Poll::Ready(TIMER_KINDS[slot]);
+            }
+        }
+    }
+}

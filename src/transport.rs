@@ -1,0 +1,909 @@
+//! Transport: dial a websocket (DNS, TCP, TLS, HTTP upgrade, headers) under one timeout,
+//! and turn what goes wrong into a [`Failure`] for `classify.rs`.
+//!
+//! This layer never retries and never decides anything: it dials once when asked and
+//! reports exactly what happened. It also owns the checks on the transport settings the
+//! user typed (URL, `--header`, `--ca-cert`, the credentials-over-plaintext rule), which
+//! fail with a [`UsageError`] (exit 2) before anything is dialed.
+//!
+//! Secrets: header values (user `Authorization` headers included) and the `authorization`
+//! argument of [`Transport::dial`] never appear in any error, `Debug` or `Display` output
+//! produced here. `tungstenite` errors do not carry request headers, and only the status
+//! and `Retry-After` are taken from an HTTP error response.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError, TlsError};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use url::{Host, Url};
+
+use crate::classify::{escape_untrusted, parse_retry_after, Failure, NetworkKind};
+
+/// An established websocket, plain or TLS.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The largest message (and frame) accepted in either direction: 64 MiB.
+pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+/// `--connect-timeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default read buffer of a connection.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 128 << 10;
+/// Default write buffer of a connection (bytes gathered before a write to the socket).
+pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 128 << 10;
+
+const EXPECTED_URL: &str = "expected ws://host[:port]/path or wss://host[:port]/path";
+
+/// A user error in the transport settings: printed as one line, exit code 2.
+///
+/// No variant ever holds a header value or a password.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("invalid URL '{text}': {reason}; {EXPECTED_URL}")]
+    InvalidUrl { text: String, reason: String },
+    #[error("unsupported URL scheme '{scheme}' in '{text}': websocket URLs start with ws:// (or wss:// for TLS); {EXPECTED_URL}")]
+    UnsupportedScheme { text: String, scheme: String },
+    #[error("refusing to send credentials to {url} over unencrypted ws://: use wss://, or pass --allow-insecure to send them in clear text anyway")]
+    InsecureCredentials { url: String },
+    /// `shown` is the header name at most, never its value.
+    #[error("invalid header {shown}: {reason}; expected --header 'Name: value'")]
+    InvalidHeader { shown: String, reason: String },
+    #[error("CA certificate file '{}': {reason}; expected a PEM file with one or more '-----BEGIN CERTIFICATE-----' blocks", path.display())]
+    CaCertFile { path: PathBuf, reason: String },
+    #[error("cannot set up TLS: {0}")]
+    TlsSetup(String),
+    #[error("invalid transport setting: {0}")]
+    InvalidSetting(String),
+    /// Any other bad flag or input, already phrased for the user.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses a `ws://` or `wss://` URL with a host.
+///
+/// Other schemes (`http`, `https`, `ftp`, …) are rejected with a message naming the scheme;
+/// so are user info (`user:pass@`: send credentials with `--header` or a token flag instead,
+/// so that they are never printed as part of the URL) and `#fragment` (not allowed in
+/// websocket URLs by RFC 6455).
+pub fn parse_ws_url(text: &str) -> Result<Url, UsageError> {
+    let shown = || escape_untrusted(text.trim());
+    let url = Url::parse(text.trim()).map_err(|err| UsageError::InvalidUrl {
+        text: shown(),
+        reason: err.to_string(),
+    })?;
+    match url.scheme() {
+        "ws" | "wss" => {}
+        scheme => {
+            return Err(UsageError::UnsupportedScheme {
+                text: redact_url(&url),
+                scheme: escape_untrusted(scheme),
+            })
+        }
+    }
+    let invalid = |reason: &str| UsageError::InvalidUrl {
+        text: redact_url(&url),
+        reason: reason.into(),
+    };
+    match url.host() {
+        None => return Err(invalid("no host")),
+        Some(Host::Domain("")) => return Err(invalid("empty host")),
+        Some(_) => {}
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "credentials in the URL are not supported (pass them with --header 'Authorization: …' or a token flag)",
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(invalid("websocket URLs cannot have a #fragment"));
+    }
+    Ok(url)
+}
+
+/// The URL for messages: any password replaced by `***`.
+fn redact_url(url: &Url) -> String {
+    if url.password().is_some() {
+        let mut shown = url.clone();
+        let _ = shown.set_password(Some("***"));
+        escape_untrusted(shown.as_str())
+    } else {
+        escape_untrusted(url.as_str())
+    }
+}
+
+/// True for `localhost`, 127.0.0.0/8 and `::1` (also `::ffff:127.x.y.z`).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Domain(domain)) => {
+            let domain = domain.trim_end_matches('.');
+            domain.eq_ignore_ascii_case("localhost")
+        }
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
+}
+
+/// Credentials of any kind only over wss:// or loopback ws:// unless allow_insecure.
+pub fn check_secure_for_credentials(
+    url: &Url,
+    sends_credentials: bool,
+    allow_insecure: bool,
+) -> Result<(), UsageError> {
+    if !sends_credentials || allow_insecure || url.scheme() == "wss" || is_loopback(url) {
+        return Ok(());
+    }
+    Err(UsageError::InsecureCredentials {
+        url: redact_url(url),
+    })
+}
+
+/// Headers that carry credentials: a `--header` with one of these names counts as sending
+/// credentials for [`check_secure_for_credentials`].
+pub fn is_credential_header(name: &HeaderName) -> bool {
+    name == http::header::AUTHORIZATION
+        || name == http::header::PROXY_AUTHORIZATION
+        || name == http::header::COOKIE
+}
+
+/// Headers the websocket handshake writes itself; a user value would break the upgrade.
+fn is_handshake_header(name: &HeaderName) -> bool {
+    [
+        http::header::CONNECTION,
+        http::header::UPGRADE,
+        http::header::SEC_WEBSOCKET_KEY,
+        http::header::SEC_WEBSOCKET_VERSION,
+        http::header::SEC_WEBSOCKET_ACCEPT,
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+    ]
+    .contains(name)
+}
+
+/// Parses `--header 'Name: value'`. Surrounding spaces and tabs are trimmed; an empty value
+/// is allowed. Control characters (CR, LF, NUL, …) and non-ASCII bytes in the value are
+/// rejected, so no header can be smuggled in. The value never appears in the error.
+/// Credential headers (`Authorization`, `Cookie`, …) are marked sensitive.
+pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), UsageError> {
+    let Some((name, value)) = text.split_once(':') else {
+        return Err(UsageError::InvalidHeader {
+            shown: "(no ':' in it)".into(),
+            reason: "missing ':' between name and value".into(),
+        });
+    };
+    let name = name.trim_matches([' ', '\t']);
+    let shown_name = || format!("'{}'", escape_untrusted(name));
+    if name.is_empty() {
+        return Err(UsageError::InvalidHeader {
+            shown: "(empty name)".into(),
+            reason: "the header name is empty".into(),
+        });
+    }
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| UsageError::InvalidHeader {
+        shown: shown_name(),
+        reason: "a header name may contain only letters, digits and !#$%&'*+-.^_`|~".into(),
+    })?;
+    if is_handshake_header(&name) {
+        return Err(UsageError::InvalidHeader {
+            shown: format!("'{name}'"),
+            reason: "this header is written by the websocket handshake itself".into(),
+        });
+    }
+    let value = value.trim_matches([' ', '\t']);
+    let mut value = HeaderValue::from_str(value).map_err(|_| UsageError::InvalidHeader {
+        shown: format!("'{name}'"),
+        reason: "the value may contain only printable ASCII characters (no CR, LF or other control characters)".into(),
+    })?;
+    if is_credential_header(&name) {
+        value.set_sensitive(true);
+    }
+    Ok((name, value))
+}
+
+/// Loads every certificate from a PEM file (`--ca-cert FILE`).
+pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UsageError> {
+    let error = |reason: String| UsageError::CaCertFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|err| error(format!("cannot read it: {err}")))?;
+    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| error(format!("not a valid PEM file: {err}")))?;
+    if certs.is_empty() {
+        return Err(error("no certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+/// What [`Transport::new`] is built from.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// `--header` values, sent on every upgrade request in this order.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Bounds DNS, TCP, TLS and the HTTP upgrade together (`--connect-timeout`).
+    pub connect_timeout: Duration,
+    /// `--ca-cert` certificates, trusted in addition to the web PKI and system roots.
+    pub extra_ca_certs: Vec<CertificateDer<'static>>,
+    /// Largest message (and frame) accepted; 64 MiB by default.
+    pub max_message_size: usize,
+    pub read_buffer_size: usize,
+    pub write_buffer_size: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            headers: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            extra_ca_certs: Vec::new(),
+            max_message_size: MAX_MESSAGE_SIZE,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+        }
+    }
+}
+
+impl fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("headers", &HeaderNames(&self.headers))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("extra_ca_certs", &self.extra_ca_certs.len())
+            .field("max_message_size", &self.max_message_size)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("write_buffer_size", &self.write_buffer_size)
+            .finish()
+    }
+}
+
+/// Shows header names only: values may be secrets.
+struct HeaderNames<'a>(&'a [(HeaderName, HeaderValue)]);
+
+impl fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name.as_str()))
+            .finish()
+    }
+}
+
+/// Dials websockets. Built once, cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tls: Arc<rustls::ClientConfig>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    connect_timeout: Duration,
+    ws_config: WebSocketConfig,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("headers", &HeaderNames(&self.inner.headers))
+            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("ws_config", &self.inner.ws_config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How far a dial got, for the timeout message.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Phase {
+    Resolving = 0,
+    Connecting = 1,
+    Upgrading = 2,
+}
+
+impl Transport {
+    pub fn new(cfg: TransportConfig) -> Result<Self, UsageError> {
+        if cfg.connect_timeout.is_zero() {
+            return Err(UsageError::InvalidSetting(
+                "the connect timeout must be greater than zero".into(),
+            ));
+        }
+        if cfg.max_message_size == 0 {
+            return Err(UsageError::InvalidSetting(
+                "the maximum message size must be greater than zero".into(),
+            ));
+        }
+        for (name, _) in &cfg.headers {
+            if is_handshake_header(name) {
+                return Err(UsageError::InvalidHeader {
+                    shown: format!("'{name}'"),
+                    reason: "this header is written by the websocket handshake itself".into(),
+                });
+            }
+        }
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        // Native roots are a bonus on top of the web PKI: a machine without a readable
+        // system store can still reach public servers, so load errors are only logged.
+        let native = rustls_native_certs::load_native_certs();
+        if !native.errors.is_empty() {
+            tracing::debug!(
+                target: "wsup::transport",
+                errors = native.errors.len(),
+                "some system root certificates could not be loaded"
+            );
+        }
+        let (added, ignored) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(
+            target: "wsup::transport",
+            added,
+            ignored,
+            "system root certificates"
+        );
+        for (index, cert) in cfg.extra_ca_certs.into_iter().enumerate() {
+            roots.add(cert).map_err(|err| {
+                UsageError::TlsSetup(format!(
+                    "CA certificate #{} cannot be used as a trust anchor: {err}",
+                    index + 1
+                ))
+            })?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| UsageError::TlsSetup(err.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        let write_buffer_size = cfg.write_buffer_size;
+        // The write buffer grows past `write_buffer_size` only while the socket is not
+        // accepting writes; room for one whole maximal message (plus frame header) on top
+        // keeps `WriteBufferFull` from ever firing for a legal message.
+        let max_write_buffer_size = write_buffer_size
+            .saturating_add(cfg.max_message_size)
+            .saturating_add(64 << 10);
+        if max_write_buffer_size <= write_buffer_size {
+            return Err(UsageError::InvalidSetting(
+                "the write buffer size is too large".into(),
+            ));
+        }
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(cfg.read_buffer_size)
+            .write_buffer_size(write_buffer_size)
+            .max_write_buffer_size(max_write_buffer_size)
+            .max_message_size(Some(cfg.max_message_size))
+            .max_frame_size(Some(cfg.max_message_size));
+
+        Ok(Transport {
+            inner: Arc::new(Inner {
+                tls: Arc::new(tls),
+                headers: cfg.headers,
+                connect_timeout: cfg.connect_timeout,
+                ws_config,
+            }),
+        })
+    }
+
+    /// The websocket settings every dialed connection uses (also handy for a server).
+    pub fn ws_config(&self) -> WebSocketConfig {
+        self.inner.ws_config
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.inner.connect_timeout
+    }
+
+    /// Dial: TCP connect, TLS for wss, HTTP upgrade with the configured headers plus
+    /// `authorization` (the full header value, e.g. "Bearer abc") when given. The whole of it
+    /// is bounded by connect_timeout.
+    ///
+    /// `authorization` overrides an `Authorization` header given in the configuration. The
+    /// caller is responsible for [`check_secure_for_credentials`] before dialing.
+    pub async fn dial(&self, url: &Url, authorization: Option<&str>) -> Result<WsStream, Failure> {
+        let request = self.build_request(url, authorization)?;
+        let phase = AtomicU8::new(Phase::Resolving as u8);
+        let timeout = self.inner.connect_timeout;
+        match tokio::time::timeout(timeout, self.dial_within(url, request, &phase)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let during = match phase.load(Ordering::Relaxed) {
+                    0 => "resolving the host name",
+                    1 => "connecting over TCP",
+                    _ if url.scheme() == "wss" => "in the TLS handshake or websocket upgrade",
+                    _ => "in the websocket upgrade",
+                };
+                Err(Failure::Network {
+                    kind: NetworkKind::ConnectTimeout,
+                    detail: format!(
+                        "no connection to {} within {} ({during})",
+                        host_port(url),
+                        humanize(timeout)
+                    ),
+                })
+            }
+        }
+    }
+
+    fn build_request(
+        &self,
+        url: &Url,
+        authorization: Option<&str>,
+    ) -> Result<tungstenite::handshake::client::Request, Failure> {
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|err| Failure::Internal(format!("cannot build the upgrade request: {err}")))?;
+        let headers = request.headers_mut();
+        // A user header replaces a generated one of the same name (`Host`); repeated user
+        // headers are all sent.
+        for (name, _) in &self.inner.headers {
+            headers.remove(name);
+        }
+        for (name, value) in &self.inner.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if let Some(authorization) = authorization {
+            let mut value = HeaderValue::from_str(authorization).map_err(|_| {
+                Failure::Internal(
+                    "the authorization value is not a valid HTTP header value (control or non-ASCII characters)"
+                        .into(),
+                )
+            })?;
+            value.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, value);
+        }
+        Ok(request)
+    }
+
+    async fn dial_within(
+        &self,
+        url: &Url,
+        request: tungstenite::handshake::client::Request,
+        phase: &AtomicU8,
+    ) -> Result<WsStream, Failure> {
+        let addrs = resolve(url).await?;
+        phase.store(Phase::Connecting as u8, Ordering::Relaxed);
+        let stream = connect_any(&addrs).await?;
+        phase.store(Phase::Upgrading as u8, Ordering::Relaxed);
+        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            stream,
+            Some(self.inner.ws_config),
+            Some(Connector::Rustls(self.inner.tls.clone())),
+        )
+        .await
+        .map_err(failure_from_ws_error)?;
+        Ok(ws)
+    }
+}
+
+fn host_port(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
+fn humanize(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{} s", duration.as_secs())
+    } else {
+        format!("{} ms", duration.as_millis())
+    }
+}
+
+async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, Failure> {
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| Failure::Internal(format!("no port for scheme '{}'", url.scheme())))?;
+    match url.host() {
+        Some(Host::Ipv4(ip)) => Ok(vec![SocketAddr::new(ip.into(), port)]),
+        Some(Host::Ipv6(ip)) => Ok(vec![SocketAddr::new(ip.into(), port)]),
+        Some(Host::Domain(domain)) => {
+            let dns_failure = |detail: String| Failure::Network {
+                kind: NetworkKind::Dns,
+                detail,
+            };
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
+                .await
+                .map_err(|err| dns_failure(format!("{domain}: {err}")))?
+                .collect();
+            if addrs.is_empty() {
+                return Err(dns_failure(format!("{domain}: no addresses")));
+            }
+            Ok(addrs)
+        }
+        None => Err(Failure::Internal("the URL has no host".into())),
+    }
+}
+
+/// Tries each address in order; the first that connects wins.
+async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, Failure> {
+    let mut last: Option<(SocketAddr, io::Error)> = None;
+    for &addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                // Small frames (keystrokes, pings) must not wait for Nagle.
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(target: "wsup::transport", %err, "cannot set TCP_NODELAY");
+                }
+                return Ok(stream);
+            }
+            Err(err) => {
+                tracing::debug!(target: "wsup::transport", %addr, %err, "TCP connect failed");
+                last = Some((addr, err));
+            }
+        }
+    }
+    match last {
+        Some((addr, err)) => {
+            let mut failure = io_failure(&err);
+            if let Failure::Network { kind, detail } = &mut failure {
+                if *kind == NetworkKind::Other && err.kind() == io::ErrorKind::TimedOut {
+                    *kind = NetworkKind::ConnectTimeout;
+                }
+                *detail = format!("{addr}: {detail}");
+            }
+            Err(failure)
+        }
+        None => Err(Failure::Network {
+            kind: NetworkKind::Dns,
+            detail: "no addresses".into(),
+        }),
+    }
+}
+
+/// Maps a tungstenite error (from dialing or from an established connection) to a Failure.
+///
+/// - refused / reset, broken pipe, aborted / unexpected EOF, a connection closed without a
+///   close frame → `Network` (transient);
+/// - a DNS failure → `Network { kind: Dns }`;
+/// - a non-101 answer to the upgrade → `Http` with `Retry-After` converted to a delay;
+/// - certificate errors, TLS alerts and any other rustls error → `Tls` (permanent);
+/// - an incoming message over the size limit → `Close { code: 1009 }` (rejected data): the
+///   server sent more than we accept, exactly what close 1009 means;
+/// - the server breaking the websocket protocol → `Close { code: 1002 }` (permanent), and
+///   invalid UTF-8 in a text message → `Close { code: 1007 }`: tungstenite answers both
+///   with that close code itself;
+/// - misuse of the connection or an unbuildable request → `Internal`.
+pub fn failure_from_ws_error(err: tungstenite::Error) -> Failure {
+    use tungstenite::Error;
+    match err {
+        Error::ConnectionClosed => eof("connection closed"),
+        Error::AlreadyClosed => eof("connection already closed"),
+        Error::Io(err) => io_failure(&err),
+        Error::Tls(TlsError::Rustls(err)) => Failure::Tls(rustls_detail(&err)),
+        Error::Tls(TlsError::InvalidDnsName) => {
+            Failure::Tls("the host name is not a valid TLS server name".into())
+        }
+        Error::Tls(err) => Failure::Tls(err.to_string()),
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Failure::Close {
+            code: 1009,
+            reason: format!(
+                "message exceeds the {} limit ({size} bytes)",
+                size_label(max_size)
+            ),
+        },
+        Error::Capacity(err) => Failure::Close {
+            code: 1002,
+            reason: format!("protocol error: {err}"),
+        },
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            eof("connection reset without a closing handshake")
+        }
+        Error::Protocol(ProtocolError::HandshakeIncomplete) => {
+            eof("connection closed during the websocket upgrade")
+        }
+        Error::Protocol(
+            err @ (ProtocolError::SendAfterClosing | ProtocolError::ReceivedAfterClosing),
+        ) => Failure::Internal(err.to_string()),
+        Error::Protocol(err) => Failure::Close {
+            code: 1002,
+            reason: format!("protocol error: {err}"),
+        },
+        Error::Utf8 => Failure::Close {
+            code: 1007,
+            reason: "server sent a text message that is not valid UTF-8".into(),
+        },
+        Error::AttackAttempt => Failure::Close {
+            code: 1002,
+            reason: "protocol error: attack attempt detected".into(),
+        },
+        Error::WriteBufferFull(_) => Failure::Internal("websocket write buffer full".into()),
+        Error::Url(err) => Failure::Internal(format!("bad websocket URL: {err}")),
+        Error::HttpFormat(err) => Failure::Internal(format!("bad upgrade request: {err}")),
+        Error::Http(response) => {
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| parse_retry_after(value, SystemTime::now()));
+            Failure::Http {
+                status: response.status().as_u16(),
+                retry_after,
+            }
+        }
+    }
+}
+
+fn eof(detail: &str) -> Failure {
+    Failure::Network {
+        kind: NetworkKind::Eof,
+        detail: detail.into(),
+    }
+}
+
+fn size_label(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} byte")
+    }
+}
+
+fn io_failure(err: &io::Error) -> Failure {
+    if let Some(tls) = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Failure::Tls(rustls_detail(tls));
+    }
+    let kind = match err.kind() {
+        io::ErrorKind::ConnectionRefused => NetworkKind::Refused,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::ConnectionAborted => NetworkKind::Reset,
+        io::ErrorKind::UnexpectedEof => NetworkKind::Eof,
+        _ if err.to_string().contains("failed to lookup address") => NetworkKind::Dns,
+        _ => NetworkKind::Other,
+    };
+    Failure::Network {
+        kind,
+        detail: err.to_string(),
+    }
+}
+
+fn rustls_detail(err: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error};
+    match err {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+            "{err} (the server's certificate is not signed by a trusted CA; pass --ca-cert FILE to trust a private CA)"
+        ),
+        _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::Error;
+
+    fn network(kind: NetworkKind) -> impl Fn(Failure) -> bool {
+        move |f| matches!(f, Failure::Network { kind: k, .. } if k == kind)
+    }
+
+    #[test]
+    fn io_errors_map_to_network_kinds() {
+        let cases = [
+            (io::ErrorKind::ConnectionRefused, NetworkKind::Refused),
+            (io::ErrorKind::ConnectionReset, NetworkKind::Reset),
+            (io::ErrorKind::BrokenPipe, NetworkKind::Reset),
+            (io::ErrorKind::ConnectionAborted, NetworkKind::Reset),
+            (io::ErrorKind::UnexpectedEof, NetworkKind::Eof),
+            (io::ErrorKind::PermissionDenied, NetworkKind::Other),
+        ];
+        for (io_kind, kind) in cases {
+            let failure = failure_from_ws_error(Error::Io(io::Error::from(io_kind)));
+            assert!(network(kind)(failure.clone()), "{io_kind:?} → {failure:?}");
+        }
+        let dns =
+            io::Error::other("failed to lookup address information: Name or service not known");
+        assert!(network(NetworkKind::Dns)(failure_from_ws_error(Error::Io(
+            dns
+        ))));
+    }
+
+    #[test]
+    fn closed_connections_are_eof() {
+        for err in [
+            Error::ConnectionClosed,
+            Error::AlreadyClosed,
+            Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+            Error::Protocol(ProtocolError::HandshakeIncomplete),
+        ] {
+            assert!(network(NetworkKind::Eof)(failure_from_ws_error(err)));
+        }
+    }
+
+    #[test]
+    fn http_answers_keep_status_and_retry_after() {
+        let response = http::Response::builder()
+            .status(429)
+            .header("retry-after", "12")
+            .body(None)
+            .unwrap();
+        assert_eq!(
+            failure_from_ws_error(Error::Http(response)),
+            Failure::Http {
+                status: 429,
+                retry_after: Some(Duration::from_secs(12))
+            }
+        );
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let response = http::Response::builder()
+            .status(503)
+            .header("retry-after", later)
+            .body(None)
+            .unwrap();
+        match failure_from_ws_error(Error::Http(response)) {
+            Failure::Http {
+                status: 503,
+                retry_after: Some(delay),
+            } => assert!(delay > Duration::from_secs(100) && delay <= Duration::from_secs(120)),
+            other => panic!("{other:?}"),
+        }
+        let response = http::Response::builder()
+            .status(401)
+            .header("retry-after", "soon")
+            .body(None)
+            .unwrap();
+        assert_eq!(
+            failure_from_ws_error(Error::Http(response)),
+            Failure::Http {
+                status: 401,
+                retry_after: None
+            }
+        );
+    }
+
+    #[test]
+    fn rustls_errors_are_tls() {
+        let cert = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = io::Error::new(io::ErrorKind::InvalidData, cert.clone());
+        match failure_from_ws_error(Error::Io(wrapped)) {
+            Failure::Tls(detail) => {
+                assert!(detail.contains("UnknownIssuer"), "{detail}");
+                assert!(detail.contains("--ca-cert"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert!(matches!(
+            failure_from_ws_error(Error::Tls(TlsError::Rustls(alert))),
+            Failure::Tls(_)
+        ));
+        assert!(matches!(
+            failure_from_ws_error(Error::Tls(TlsError::InvalidDnsName)),
+            Failure::Tls(_)
+        ));
+    }
+
+    #[test]
+    fn too_big_messages_are_close_1009() {
+        let err = Error::Capacity(CapacityError::MessageTooLong {
+            size: (64 << 20) + 1,
+            max_size: 64 << 20,
+        });
+        match failure_from_ws_error(err) {
+            Failure::Close { code: 1009, reason } => {
+                assert!(
+                    reason.starts_with("message exceeds the 64 MiB limit"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn protocol_violations_and_local_faults() {
+        assert!(matches!(
+            failure_from_ws_error(Error::Protocol(ProtocolError::MaskedFrameFromServer)),
+            Failure::Close { code: 1002, .. }
+        ));
+        assert!(matches!(
+            failure_from_ws_error(Error::Utf8),
+            Failure::Close { code: 1007, .. }
+        ));
+        assert!(matches!(
+            failure_from_ws_error(Error::Url(tungstenite::error::UrlError::NoHostName)),
+            Failure::Internal(_)
+        ));
+        assert!(matches!(
+            failure_from_ws_error(Error::Protocol(ProtocolError::SendAfterClosing)),
+            Failure::Internal(_)
+        ));
+    }
+
+    #[test]
+    fn size_labels() {
+        assert_eq!(size_label(64 << 20), "64 MiB");
+        assert_eq!(size_label(128 << 10), "128 KiB");
+        assert_eq!(size_label(1000), "1000 byte");
+    }
+
+    #[test]
+    fn request_carries_headers_and_authorization_overrides() {
+        let (name, value) = parse_header("Authorization: Basic user-given").unwrap();
+        let transport = Transport::new(TransportConfig {
+            headers: vec![
+                (name, value),
+                parse_header("X-Team: a").unwrap(),
+                parse_header("X-Team: b").unwrap(),
+                parse_header("Host: example.org").unwrap(),
+            ],
+            ..TransportConfig::default()
+        })
+        .unwrap();
+        let url = parse_ws_url("ws://127.0.0.1:9/x?y=1").unwrap();
+        let request = transport.build_request(&url, Some("Bearer abc")).unwrap();
+        let headers = request.headers();
+        assert_eq!(headers["authorization"], "Bearer abc");
+        assert_eq!(headers.get_all("authorization").iter().count(), 1);
+        assert!(headers["authorization"].is_sensitive());
+        let teams: Vec<_> = headers.get_all("x-team").iter().collect();
+        assert_eq!(teams, ["a", "b"]);
+        assert_eq!(headers.get_all("host").iter().count(), 1);
+        assert_eq!(headers["host"], "example.org");
+        assert_eq!(request.uri(), "ws://127.0.0.1:9/x?y=1");
+
+        let request = transport.build_request(&url, None).unwrap();
+        assert_eq!(request.headers()["authorization"], "Basic user-given");
+
+        match transport.build_request(&url, Some("Bearer a\r\nX-Evil: 1")) {
+            Err(Failure::Internal(detail)) => assert!(!detail.contains("Evil"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ws_config_uses_the_limits() {
+        let transport = Transport::new(TransportConfig::default()).unwrap();
+        let config = transport.ws_config();
+        assert_eq!(config.max_message_size, Some(64 << 20));
+        assert_eq!(config.max_frame_size, Some(64 << 20));
+        assert_eq!(config.read_buffer_size, 128 << 10);
+        assert_eq!(config.write_buffer_size, 128 << 10);
+        assert!(config.max_write_buffer_size > config.write_buffer_size + (64 << 20));
+    }
+
+    #[test]
+    fn bad_settings_are_usage_errors() {
+        let zero = TransportConfig {
+            connect_timeout: Duration::ZERO,
+            ..TransportConfig::default()
+        };
+        assert!(matches!(
+            Transport::new(zero),
+            Err(UsageError::InvalidSetting(_))
+        ));
+        let handshake_header = TransportConfig {
+            headers: vec![(
+                http::header::SEC_WEBSOCKET_KEY,
+                HeaderValue::from_static("x"),
+            )],
+            ..TransportConfig::default()
+        };
+        assert!(matches!(
+            Transport::new(handshake_header),
+            Err(UsageError::InvalidHeader { .. })
+        ));
+    }
+}
