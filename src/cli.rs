@@ -4,7 +4,7 @@
 
 use crate::backoff::BackoffPolicy;
 use crate::classify::ClassifyRules;
-use crate::credentials::{Anonymous, Credentials, StaticToken};
+use crate::credentials::{Anonymous, Credentials, CredentialsFile, StaticToken};
 use crate::driver::Config;
 use crate::machine::MachineConfig;
 use crate::transport::{self, TransportConfig, UsageError};
@@ -72,8 +72,17 @@ pub struct CommonArgs {
     #[arg(long = "header", short = 'H', global = true, value_name = "'K: V'")]
     pub headers: Vec<String>,
     /// Read a static token from this environment variable.
-    #[arg(long, global = true, value_name = "VAR")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "VAR",
+        conflicts_with = "credentials"
+    )]
     pub token_env: Option<String>,
+    /// A JSON credentials file {access_token, access_token_expiration, refresh_token,
+    /// token_url}: refreshed before it expires and once when rejected, rewritten atomically.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
     /// Scheme of the Authorization header.
     #[arg(long, global = true, default_value = "Bearer")]
     pub auth_scheme: String,
@@ -158,7 +167,13 @@ impl CommonArgs {
                 }
                 Arc::new(StaticToken::new(&self.auth_scheme, token))
             }
-            None => Arc::new(Anonymous),
+            None => match &self.credentials {
+                Some(path) => Arc::new(
+                    CredentialsFile::load(path, &self.auth_scheme)
+                        .map_err(|e| UsageError::Invalid(e.to_string()))?,
+                ),
+                None => Arc::new(Anonymous),
+            },
         };
         let sends_credentials = credentials.authorization().is_some()
             || headers

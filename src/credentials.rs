@@ -215,6 +215,369 @@ impl Credentials for InMemoryRefreshable {
     }
 }
 
+/// Why a credentials file cannot be used: a usage error (exit 2) that names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("credentials file {path}: {reason}")]
+pub struct CredentialsFileError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The on-disk JSON. Fields wsup does not know are kept, in order, on every rewrite.
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
+struct StoredCredentials {
+    access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token_expiration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_url: Option<String>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl StoredCredentials {
+    fn expires_at(&self) -> Option<SystemTime> {
+        let text = self.access_token_expiration.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(SystemTime::from)
+    }
+
+    fn expiring_soon(&self, now: SystemTime) -> bool {
+        self.expires_at()
+            .is_some_and(|at| at <= now + EXPIRY_WINDOW)
+    }
+}
+
+/// What the token endpoint answers on success.
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+    refresh_token: Option<String>,
+}
+
+/// How long a token request may take before it counts as a network failure.
+pub const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Stored expiry is this much earlier than the server's, so that a token is never sent
+/// in its last minute.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+
+/// `--credentials FILE`: a stored access token, refreshed over HTTP and written back
+/// atomically under an advisory lock, safe to share between processes.
+pub struct CredentialsFile {
+    path: std::path::PathBuf,
+    scheme: String,
+    http: reqwest::Client,
+    current: Mutex<StoredCredentials>,
+    in_flight: tokio::sync::Mutex<()>,
+    token_requests: std::sync::atomic::AtomicUsize,
+}
+
+impl fmt::Debug for CredentialsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialsFile")
+            .field("path", &self.path)
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialsFile {
+    /// Reads and checks the file. It is never written here: a file wsup cannot read is
+    /// left exactly as it is.
+    pub fn load(path: &std::path::Path, scheme: &str) -> Result<Self, CredentialsFileError> {
+        let stored = read_stored(path).map_err(|reason| CredentialsFileError {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(TOKEN_REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| CredentialsFileError {
+                path: path.display().to_string(),
+                reason: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(CredentialsFile {
+            path: path.to_path_buf(),
+            scheme: scheme.to_string(),
+            http,
+            current: Mutex::new(stored),
+            in_flight: tokio::sync::Mutex::new(()),
+            token_requests: Default::default(),
+        })
+    }
+
+    /// How many requests this process sent to the token endpoint.
+    pub fn token_requests(&self) -> usize {
+        self.token_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The token endpoint's URL, if the file names one.
+    pub fn token_url(&self) -> Option<String> {
+        self.stored().token_url
+    }
+
+    fn stored(&self) -> StoredCredentials {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn adopt(&self, stored: StoredCredentials) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = stored;
+    }
+
+    fn header_for(&self, token: &str) -> Secret {
+        Secret(format!("{} {token}", self.scheme))
+    }
+
+    async fn refresh_now(&self, rejected: Option<&Secret>) -> Result<(), Failure> {
+        let _flight = self.in_flight.lock().await;
+        let before = self.stored();
+        // Another supervisor in this process may have refreshed while we queued.
+        let already_replaced = match rejected {
+            Some(rejected) => self.header_for(&before.access_token) != *rejected,
+            None => !before.expiring_soon(SystemTime::now()),
+        };
+        if already_replaced {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let lock = tokio::task::spawn_blocking(move || FileLock::acquire(&path))
+            .await
+            .map_err(|e| Failure::Internal(format!("lock task: {e}")))?
+            .map_err(|e| Failure::Internal(format!("cannot lock {}: {e}", self.path.display())))?;
+        // Another process may have refreshed while we waited for the lock.
+        if let Ok(on_disk) = read_stored(&self.path) {
+            let replaced = on_disk.access_token != before.access_token;
+            let fresh = !on_disk.expiring_soon(SystemTime::now());
+            if replaced && fresh {
+                tracing::debug!(target: "wsup::credentials", "another process refreshed the token; using it");
+                self.adopt(on_disk);
+                return Ok(());
+            }
+        }
+        let result = self.request_token(&before).await;
+        let result = match result {
+            Err(Failure::Refresh {
+                status: Some(400 | 401),
+                detail,
+            }) => {
+                // The refresh token may have been rotated by another process between our
+                // read and our request: one more look before giving up.
+                match read_stored(&self.path) {
+                    Ok(on_disk) if on_disk.refresh_token != before.refresh_token => {
+                        self.adopt(on_disk);
+                        drop(lock);
+                        return Ok(());
+                    }
+                    _ => Err(Failure::Refresh {
+                        status: Some(400),
+                        detail,
+                    }),
+                }
+            }
+            other => other,
+        };
+        let updated = result?;
+        write_atomically(&self.path, &updated)
+            .map_err(|e| Failure::Internal(format!("cannot write {}: {e}", self.path.display())))?;
+        self.adopt(updated);
+        drop(lock);
+        Ok(())
+    }
+
+    /// `POST token_url` with the refresh token; the new credentials, not yet stored.
+    async fn request_token(
+        &self,
+        before: &StoredCredentials,
+    ) -> Result<StoredCredentials, Failure> {
+        let (Some(token_url), Some(refresh_token)) = (&before.token_url, &before.refresh_token)
+        else {
+            return Err(Failure::Internal(
+                "the credentials file has no refresh_token or token_url".into(),
+            ));
+        };
+        self.token_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let response = self
+            .http
+            .post(token_url)
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| Failure::Refresh {
+                status: None,
+                // reqwest's error names the URL, never the form body.
+                detail: e.without_url().to_string(),
+            })?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await.map_err(|e| Failure::Refresh {
+            status: None,
+            detail: e.without_url().to_string(),
+        })?;
+        if !(200..300).contains(&status) {
+            return Err(Failure::Refresh {
+                status: Some(status),
+                detail: oauth_error_code(&body).unwrap_or_default(),
+            });
+        }
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|_| Failure::Refresh {
+                status: Some(status),
+                detail: "the response is not the expected JSON".into(),
+            })?;
+        let Some(access_token) = parsed.access_token.filter(|t| !t.is_empty()) else {
+            return Err(Failure::Refresh {
+                status: Some(status),
+                detail: "the response has no access_token".into(),
+            });
+        };
+        let expiration = parsed.expires_in.map(|secs| {
+            let at = SystemTime::now() + Duration::from_secs(secs).saturating_sub(EXPIRY_MARGIN);
+            chrono::DateTime::<chrono::Utc>::from(at)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        });
+        Ok(StoredCredentials {
+            access_token,
+            access_token_expiration: expiration,
+            refresh_token: parsed
+                .refresh_token
+                .or_else(|| before.refresh_token.clone()),
+            token_url: before.token_url.clone(),
+            other: before.other.clone(),
+        })
+    }
+}
+
+impl Credentials for CredentialsFile {
+    fn authorization(&self) -> Option<Secret> {
+        Some(self.header_for(&self.stored().access_token))
+    }
+
+    fn can_refresh(&self) -> bool {
+        let stored = self.stored();
+        stored.refresh_token.is_some() && stored.token_url.is_some()
+    }
+
+    fn expires_within(&self, now: SystemTime, window: Duration) -> bool {
+        self.stored()
+            .expires_at()
+            .is_some_and(|at| at <= now + window)
+    }
+
+    fn refresh<'a>(&'a self, rejected: Option<&'a Secret>) -> RefreshFuture<'a> {
+        Box::pin(self.refresh_now(rejected))
+    }
+}
+
+/// The OAuth `error` code of an error response (`invalid_grant`), if it has one. Only
+/// a short, known-shape code is kept: the body itself could echo a token.
+fn oauth_error_code(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = value.get("error")?.as_str()?;
+    (code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then(|| code.to_string())
+}
+
+fn read_stored(path: &std::path::Path) -> Result<StoredCredentials, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("expected a JSON object with access_token".into());
+    }
+    match value.get("access_token") {
+        Some(serde_json::Value::String(t)) if !t.is_empty() => {}
+        Some(_) => return Err("access_token must be a non-empty string".into()),
+        None => return Err("it has no access_token".into()),
+    }
+    let stored: StoredCredentials = serde_json::from_value(value).map_err(|e| {
+        // serde's message names the field and the expected type, never a value.
+        format!("unexpected content: {e}")
+    })?;
+    if let Some(text) = &stored.access_token_expiration {
+        if chrono::DateTime::parse_from_rfc3339(text).is_err() {
+            return Err(format!(
+                "access_token_expiration '{}' is not an RFC 3339 time",
+                crate::classify::escape_untrusted(text)
+            ));
+        }
+    }
+    Ok(stored)
+}
+
+/// Temp file in the same directory, fsync, mode 0600, rename over the old file, fsync
+/// the directory: a crash at any moment leaves the old file or the new one, complete.
+fn write_atomically(path: &std::path::Path, stored: &StoredCredentials) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".wsup-credentials")
+        .tempfile_in(&dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    let mut json = serde_json::to_vec_pretty(stored).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    temp.write_all(&json)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    if let Ok(dir) = std::fs::File::open(&dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// An exclusive `flock` on the credentials file itself, released when dropped or when
+/// the process dies: it can never go stale.
+struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    fn acquire(path: &std::path::Path) -> std::io::Result<FileLock> {
+        loop {
+            let file = std::fs::File::open(path)?;
+            file.lock()?;
+            // A rename may have replaced the file while we waited: then we hold the lock
+            // of an inode nobody else will look at. Lock the current one instead.
+            if same_file(&file, path)? {
+                return Ok(FileLock { _file: file });
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata()?;
+    let now = std::fs::metadata(path)?;
+    Ok(held.dev() == now.dev() && held.ino() == now.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_file: &std::fs::File, _path: &std::path::Path) -> std::io::Result<bool> {
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

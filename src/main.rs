@@ -75,9 +75,10 @@ fn usage_error(e: impl std::fmt::Display) -> u8 {
 }
 
 fn credential_kind(common: &CommonArgs) -> CredentialKind {
-    match &common.token_env {
-        Some(var) => CredentialKind::StaticEnv(var.clone()),
-        None => CredentialKind::None,
+    match (&common.token_env, &common.credentials) {
+        (Some(var), _) => CredentialKind::StaticEnv(var.clone()),
+        (None, Some(path)) => CredentialKind::File(path.display().to_string()),
+        (None, None) => CredentialKind::None,
     }
 }
 
@@ -148,6 +149,16 @@ fn init_logging(common: &CommonArgs, demo: bool) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
+    // tungstenite traces the whole upgrade request, Authorization header included: cap
+    // its handshake logs at debug whatever the user asked for, so no token is ever logged.
+    let filter = [
+        "tungstenite::handshake=debug",
+        "tokio_tungstenite::handshake=debug",
+    ]
+    .into_iter()
+    .fold(filter, |filter, directive| {
+        filter.add_directive(directive.parse().expect("a valid directive"))
+    });
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
