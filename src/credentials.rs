@@ -366,22 +366,20 @@ impl CredentialsFile {
         }
         let result = self.request_token(&before).await;
         let result = match result {
-            Err(Failure::Refresh {
-                status: Some(400 | 401),
-                detail,
-            }) => {
+            Err(
+                rejected @ Failure::Refresh {
+                    status: Some(400 | 401),
+                    ..
+                },
+            ) => {
                 // The refresh token may have been rotated by another process between our
                 // read and our request: one more look before giving up.
                 match read_stored(&self.path) {
                     Ok(on_disk) if on_disk.refresh_token != before.refresh_token => {
                         self.adopt(on_disk);
-                        drop(lock);
                         return Ok(());
                     }
-                    _ => Err(Failure::Refresh {
-                        status: Some(400),
-                        detail,
-                    }),
+                    _ => Err(rejected),
                 }
             }
             other => other,

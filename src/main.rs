@@ -18,18 +18,20 @@ const EXIT_INTERNAL: u8 = 1;
 fn main() {
     let cli = Cli::parse();
     init_logging(&cli.common, matches!(cli.command, Command::Demo));
-    let code = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(run(cli)),
+        Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("wsup: cannot start the async runtime: {e}");
-            EXIT_INTERNAL
+            std::process::exit(EXIT_INTERNAL.into());
         }
     };
+    let code = runtime.block_on(run(cli));
     let _ = std::io::stdout().flush();
-    // Exit at once: a blocking stdin read must not hold the process open.
+    // Exit while the runtime is still alive: dropping it would wait for the blocking
+    // thread that may be sitting in a stdin read forever.
     std::process::exit(code.into());
 }
 
@@ -137,6 +139,11 @@ async fn serve(args: ServeArgs) -> u8 {
 }
 
 fn init_logging(common: &CommonArgs, demo: bool) {
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let default = match (common.quiet, common.verbose, demo) {
         (true, _, _) => "error",
         (false, 0, false) => "warn",
@@ -149,28 +156,29 @@ fn init_logging(common: &CommonArgs, demo: bool) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    // tungstenite traces the whole upgrade request, Authorization header included: cap
-    // its handshake logs at debug whatever the user asked for, so no token is ever logged.
-    let filter = [
-        "tungstenite::handshake=debug",
-        "tokio_tungstenite::handshake=debug",
-    ]
-    .into_iter()
-    .fold(filter, |filter, directive| {
-        filter.add_directive(directive.parse().expect("a valid directive"))
+    // tungstenite traces the whole upgrade request, Authorization header included: its
+    // handshake trace events are dropped whatever the user asked for, so that no token
+    // is ever logged.
+    let no_secrets = filter_fn(|meta| {
+        !(*meta.level() == tracing::Level::TRACE && meta.target().contains("handshake"))
     });
+    let filter = filter.and(no_secrets);
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let registry = tracing_subscriber::registry();
     match common.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text if demo || common.verbose == 1 => builder
-            .without_time()
-            .with_target(false)
-            .with_level(false)
+        LogFormat::Json => registry.with(layer.json().with_filter(filter)).init(),
+        LogFormat::Text if demo || common.verbose == 1 => registry
+            .with(
+                layer
+                    .without_time()
+                    .with_target(false)
+                    .with_level(false)
+                    .with_filter(filter),
+            )
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => registry.with(layer.with_filter(filter)).init(),
     }
 }

@@ -1,0 +1,687 @@
+//! The credentials file: loading, refresh over HTTP, atomic storage, single-flight,
+//! two processes on one file, a kill -9 mid-write, and no token in any output.
+//!
+//! The token endpoint here is written by hand on a raw TCP listener, independent of
+//! `wsup serve`, so that the refresh code is checked against a server it did not shape.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use wsup::classify::Failure;
+use wsup::credentials::{Credentials, CredentialsFile};
+use wsup::serve::{self, ServeOptions};
+
+const WSUP: &str = env!("CARGO_BIN_EXE_wsup");
+
+/// A token endpoint answering each request with the next scripted reply (the last one
+/// repeats) and recording the form bodies it received.
+struct TokenEndpoint {
+    url: String,
+    bodies: Arc<Mutex<Vec<String>>>,
+    served: tokio::sync::watch::Receiver<usize>,
+}
+
+impl TokenEndpoint {
+    async fn start(replies: Vec<(u16, String)>) -> TokenEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let recorded = bodies.clone();
+        let (served_tx, served) = tokio::sync::watch::channel(0usize);
+        tokio::spawn(async move {
+            let mut served = 0usize;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (status, body) = replies[served.min(replies.len() - 1)].clone();
+                served += 1;
+                let recorded = recorded.clone();
+                let served_tx = served_tx.clone();
+                tokio::spawn(async move {
+                    let request = read_request_body(&mut stream).await;
+                    recorded.lock().unwrap().push(request);
+                    served_tx.send_modify(|n| *n += 1);
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        TokenEndpoint {
+            url,
+            bodies,
+            served,
+        }
+    }
+
+    /// Waits until `n` requests have been received.
+    async fn wait_for_requests(&self, n: usize) {
+        let mut served = self.served.clone();
+        let wait = served.wait_for(|served| *served >= n);
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("token requests arrive within 20 s")
+            .unwrap();
+    }
+
+    fn requests(&self) -> usize {
+        self.bodies.lock().unwrap().len()
+    }
+}
+
+async fn read_request_body(stream: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text[end + 4..end + 4 + length].to_string();
+            }
+        }
+    }
+    String::new()
+}
+
+fn write_file(dir: &tempfile::TempDir, json: &str) -> std::path::PathBuf {
+    let path = dir.path().join("credentials.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+fn creds_json(access: &str, expiration: &str, refresh: &str, token_url: &str) -> String {
+    serde_json::json!({
+        "access_token": access,
+        "access_token_expiration": expiration,
+        "refresh_token": refresh,
+        "token_url": token_url,
+        "account": {"id": 42, "region": "eu"},
+    })
+    .to_string()
+}
+
+fn ok_reply(token: &str, expires_in: u64, refresh: Option<&str>) -> (u16, String) {
+    let mut body = serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"});
+    if let Some(r) = refresh {
+        body["refresh_token"] = r.into();
+    }
+    (200, body.to_string())
+}
+
+#[test]
+fn unusable_files_are_usage_errors_naming_the_file_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("not json at all", "not valid JSON"),
+        ("[1,2]", "JSON object"),
+        (r#"{"refresh_token":"r"}"#, "no access_token"),
+        (r#"{"access_token":""}"#, "non-empty"),
+        (
+            r#"{"access_token":"a","access_token_expiration":"tomorrow"}"#,
+            "RFC 3339",
+        ),
+    ];
+    for (content, expected) in cases {
+        let path = write_file(&dir, content);
+        let err = CredentialsFile::load(&path, "Bearer")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credentials.json"), "{err}");
+        assert!(err.contains(expected), "{content}: {err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+    }
+    let missing = dir.path().join("nope.json");
+    let err = CredentialsFile::load(&missing, "Bearer")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope.json") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn refresh_rewrites_the_file_atomically_keeping_unknown_fields() {
+    let endpoint =
+        TokenEndpoint::start(vec![ok_reply("new-access", 3600, Some("new-refresh"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json(
+            "old-access",
+            "2000-01-01T00:00:00Z",
+            "old-refresh",
+            &endpoint.url,
+        ),
+    );
+    let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+    assert!(creds.can_refresh());
+    assert!(creds.expires_within(SystemTime::now(), Duration::from_secs(60)));
+    let before = SystemTime::now();
+    creds.refresh(None).await.unwrap();
+
+    assert_eq!(creds.authorization().unwrap().expose(), "Bearer new-access");
+    let body = endpoint.bodies.lock().unwrap()[0].clone();
+    assert_eq!(body, "grant_type=refresh_token&refresh_token=old-refresh");
+
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(stored["access_token"], "new-access");
+    assert_eq!(stored["refresh_token"], "new-refresh");
+    assert_eq!(stored["token_url"], endpoint.url.as_str());
+    assert_eq!(stored["account"]["id"], 42, "unknown fields survive");
+    let expiry: SystemTime =
+        chrono::DateTime::parse_from_rfc3339(stored["access_token_expiration"].as_str().unwrap())
+            .unwrap()
+            .into();
+    // now + expires_in - 60 s, stored to the second.
+    let expected = before + Duration::from_secs(3600 - 60);
+    let skew = expiry
+        .duration_since(expected)
+        .unwrap_or_else(|e| e.duration());
+    assert!(skew <= Duration::from_secs(2), "{skew:?}");
+    assert!(stored["access_token_expiration"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temp file left behind: {leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_without_a_new_refresh_token_keeps_the_old_one() {
+    let endpoint = TokenEndpoint::start(vec![ok_reply("a2", 600, None)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json("a1", "2000-01-01T00:00:00Z", "r1", &endpoint.url),
+    );
+    let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+    creds.refresh(None).await.unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(stored["refresh_token"], "r1");
+}
+
+/// Each failure of the token endpoint: the file stays byte for byte as it was.
+#[tokio::test]
+async fn failed_refreshes_never_touch_the_file() {
+    let cases: Vec<((u16, String), Option<u16>, &str)> = vec![
+        (
+            (400, r#"{"error":"invalid_grant"}"#.into()),
+            Some(400),
+            "invalid_grant",
+        ),
+        (
+            (401, r#"{"error":"invalid_client"}"#.into()),
+            Some(401),
+            "invalid_client",
+        ),
+        ((503, "busy".into()), Some(503), ""),
+        (
+            (200, r#"{"expires_in":60}"#.into()),
+            Some(200),
+            "no access_token",
+        ),
+        ((200, "<html>".into()), Some(200), "not the expected JSON"),
+    ];
+    for (reply, status, detail) in cases {
+        let endpoint = TokenEndpoint::start(vec![reply.clone()]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let content = creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url);
+        let path = write_file(&dir, &content);
+        let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+        let rejected = creds.authorization().unwrap();
+        let err = creds.refresh(Some(&rejected)).await.unwrap_err();
+        match &err {
+            Failure::Refresh {
+                status: s,
+                detail: d,
+            } => {
+                assert_eq!(*s, status, "{reply:?}");
+                assert!(d.contains(detail), "{reply:?}: {d}");
+            }
+            other => panic!("{reply:?}: {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            content,
+            "{reply:?}"
+        );
+        assert_eq!(creds.authorization().unwrap(), rejected);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_token_endpoint_is_a_transient_network_failure() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &url));
+    let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+    let err = creds.refresh(None).await;
+    // A proactive refresh of a token that is not expiring is a no-op...
+    assert!(err.is_ok());
+    let rejected = creds.authorization().unwrap();
+    let err = creds.refresh(Some(&rejected)).await.unwrap_err();
+    assert!(
+        matches!(err, Failure::Refresh { status: None, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        wsup::classify::ClassifyRules::default().classify(&err),
+        wsup::classify::Class::Transient
+    );
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_in_one_process_make_one_token_request() {
+    let endpoint = TokenEndpoint::start(vec![ok_reply("a2", 3600, Some("r2"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
+    );
+    let creds = Arc::new(CredentialsFile::load(&path, "Bearer").unwrap());
+    let rejected = creds.authorization().unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let creds = creds.clone();
+            let rejected = rejected.clone();
+            tokio::spawn(async move { creds.refresh(Some(&rejected)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(endpoint.requests(), 1);
+    assert_eq!(creds.token_requests(), 1);
+    assert_eq!(creds.authorization().unwrap().expose(), "Bearer a2");
+}
+
+#[tokio::test]
+async fn a_token_refreshed_by_another_process_is_reused() {
+    let endpoint = TokenEndpoint::start(vec![ok_reply("a2", 3600, Some("r2"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
+    );
+    let first = CredentialsFile::load(&path, "Bearer").unwrap();
+    let second = CredentialsFile::load(&path, "Bearer").unwrap();
+    let rejected = first.authorization().unwrap();
+    first.refresh(Some(&rejected)).await.unwrap();
+    // `second` still holds a1 in memory; the file has a2 now.
+    second.refresh(Some(&rejected)).await.unwrap();
+    assert_eq!(endpoint.requests(), 1);
+    assert_eq!(second.authorization().unwrap().expose(), "Bearer a2");
+}
+
+#[tokio::test]
+async fn invalid_grant_after_another_process_rotated_the_refresh_token_is_not_fatal() {
+    // The other process refreshed between our load and our request: our refresh token
+    // is dead, but the file holds a new one.
+    let endpoint = TokenEndpoint::start(vec![(400, r#"{"error":"invalid_grant"}"#.into())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
+    );
+    let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+    let rejected = creds.authorization().unwrap();
+    // Same access token, rotated refresh token: the first re-read does not adopt it,
+    // the re-read after invalid_grant must.
+    std::fs::write(
+        &path,
+        creds_json("a1", "2099-01-01T00:00:00Z", "r2", &endpoint.url),
+    )
+    .unwrap();
+    creds.refresh(Some(&rejected)).await.unwrap();
+    assert_eq!(endpoint.requests(), 1);
+}
+
+fn wsup_command(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(WSUP);
+    cmd.args(args)
+        .env_remove("WSUP_LOG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs wsup to its exit. `stdin: None` keeps stdin open (no local EOF) until it exits.
+async fn run_wsup(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    let mut cmd = wsup_command(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    match stdin {
+        Some(bytes) => {
+            input.write_all(bytes).await.unwrap();
+            drop(input);
+        }
+        // Moved into a task that outlives the child's run.
+        None => {
+            tokio::spawn(async move {
+                let _open = input;
+                std::future::pending::<()>().await
+            });
+        }
+    }
+    let pid = child.id().expect("running");
+    let output = tokio::spawn(child.wait_with_output());
+    let abort = output.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(20), output).await {
+        Ok(output) => output.unwrap().unwrap(),
+        Err(_) => {
+            abort.abort();
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            panic!("wsup {args:?} did not finish within 20 s");
+        }
+    }
+}
+
+async fn scripted_server(script: &str, require_token: &str) -> serve::ServerHandle {
+    let options = ServeOptions {
+        require_token: Some(require_token.into()),
+        ..ServeOptions::new(([127, 0, 0, 1], 0).into(), script.parse().unwrap())
+    };
+    serve::start(options).await.unwrap()
+}
+
+#[tokio::test]
+async fn cli_refreshes_once_on_1008_and_never_logs_a_token_even_at_trace() {
+    let server = scripted_server("expire-token,echo", "ACCESS-0-SECRET").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json(
+            "ACCESS-0-SECRET",
+            "2099-01-01T00:00:00Z",
+            "REFRESH-0-SECRET",
+            &server.token_url(),
+        ),
+    );
+    let out = run_wsup(
+        &[
+            "connect",
+            &server.ws_url(),
+            "--credentials",
+            path.to_str().unwrap(),
+        ],
+        &[("WSUP_LOG", "trace")],
+        Some(b"after refresh\n"),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after refresh\n");
+    let stats = server.stats();
+    assert_eq!(stats.token_requests, 1);
+    assert_eq!(stats.received, vec!["after refresh".to_string()]);
+    assert!(stderr.contains("refreshing the token"), "{stderr}");
+    assert!(stderr.contains("TRACE"), "trace logging was on");
+    for secret in ["ACCESS-0-SECRET", "REFRESH-0-SECRET", "tok-1", "rt-1"] {
+        assert!(!stderr.contains(secret), "{secret} leaked into stderr");
+    }
+    let stored = std::fs::read_to_string(&path).unwrap();
+    assert!(stored.contains("\"tok-1\"") && stored.contains("\"rt-1\""));
+}
+
+#[tokio::test]
+async fn cli_a_server_that_always_closes_1008_gets_exactly_one_refresh() {
+    let server = scripted_server("expire-token", "A0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json("A0", "2099-01-01T00:00:00Z", "R0", &server.token_url()),
+    );
+    let out = run_wsup(
+        &[
+            "connect",
+            &server.ws_url(),
+            "--credentials",
+            path.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert_eq!(server.stats().token_requests, 1);
+    assert_eq!(server.stats().upgrades, 2);
+    assert!(stderr.contains("log in again"), "{stderr}");
+}
+
+#[tokio::test]
+async fn cli_proactive_refresh_before_dialing_an_expiring_token() {
+    let server = scripted_server("echo", "A0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(20);
+    let path = write_file(
+        &dir,
+        &creds_json(
+            "A0",
+            &soon.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "R0",
+            &server.token_url(),
+        ),
+    );
+    let out = run_wsup(
+        &[
+            "connect",
+            &server.ws_url(),
+            "--credentials",
+            path.to_str().unwrap(),
+        ],
+        &[],
+        Some(b"x\n"),
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = server.stats();
+    assert_eq!(stats.token_requests, 1);
+    assert_eq!(stats.unauthorized, 0, "the old token was never sent");
+    assert_eq!(stats.upgrades, 1);
+}
+
+#[tokio::test]
+async fn cli_invalid_grant_stops_with_77_and_leaves_the_file_alone() {
+    let server = scripted_server("expire-token", "A0").await;
+    let dir = tempfile::tempdir().unwrap();
+    // `wsup serve` answers the refresh token `revoked` with 400 invalid_grant.
+    let content = creds_json("A0", "2099-01-01T00:00:00Z", "revoked", &server.token_url());
+    let path = write_file(&dir, &content);
+    let out = run_wsup(
+        &[
+            "connect",
+            &server.ws_url(),
+            "--credentials",
+            path.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("log in again"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+}
+
+#[tokio::test]
+async fn cli_malformed_credentials_file_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, "{\"access_token\": ");
+    let out = run_wsup(
+        &[
+            "connect",
+            "ws://127.0.0.1:9/",
+            "--credentials",
+            path.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("credentials.json"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "{\"access_token\": "
+    );
+}
+
+#[tokio::test]
+async fn two_processes_on_one_file_spend_one_refresh_and_both_connect() {
+    // `auth-close` upgrades and closes 1008 for a stale token: both processes start with
+    // one, both need a refresh at about the same time.
+    let server = scripted_server("auth-close", "CURRENT-0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json("STALE", "2099-01-01T00:00:00Z", "R0", &server.token_url()),
+    );
+    let args = [
+        "connect",
+        &server.ws_url(),
+        "--credentials",
+        path.to_str().unwrap(),
+    ];
+    let (a, b) = tokio::join!(
+        run_wsup(&args, &[], Some(b"from a\n")),
+        run_wsup(&args, &[], Some(b"from b\n"))
+    );
+    for out in [&a, &b] {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(String::from_utf8_lossy(&a.stdout), "from a\n");
+    assert_eq!(String::from_utf8_lossy(&b.stdout), "from b\n");
+    assert_eq!(server.stats().token_requests, 1, "one refresh for both");
+}
+
+/// The child side of the kill test: refresh forever. Runs only when the parent test
+/// re-executes this test binary with the environment set.
+#[test]
+fn refresh_forever_child() {
+    let (Ok(path), Ok(_)) = (
+        std::env::var("WSUP_TEST_CHILD_CREDS"),
+        std::env::var("WSUP_TEST_CHILD"),
+    ) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let creds = CredentialsFile::load(std::path::Path::new(&path), "Bearer").unwrap();
+        loop {
+            let rejected = creds.authorization().unwrap();
+            let _ = creds.refresh(Some(&rejected)).await;
+        }
+    });
+}
+
+#[tokio::test]
+async fn kill_9_during_refreshes_leaves_a_complete_file() {
+    // Every reply carries a large unknown-to-the-server field so that the write takes
+    // long enough to be hit. The parent kills the child right after the endpoint has
+    // answered, which is when the child writes.
+    let mut replies = Vec::new();
+    for i in 0..2000 {
+        replies.push(ok_reply(
+            &format!("access-{i}"),
+            3600,
+            Some(&format!("refresh-{i}")),
+        ));
+    }
+    let endpoint = TokenEndpoint::start(replies).await;
+    let dir = tempfile::tempdir().unwrap();
+    let padding = "p".repeat(256 * 1024);
+    let initial = serde_json::json!({
+        "access_token": "access-initial",
+        "access_token_expiration": "2099-01-01T00:00:00Z",
+        "refresh_token": "refresh-initial",
+        "token_url": endpoint.url,
+        "padding": padding,
+    })
+    .to_string();
+    let path = write_file(&dir, &initial);
+    for round in 0..8u64 {
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "refresh_forever_child", "--nocapture"])
+            .env("WSUP_TEST_CHILD", "1")
+            .env("WSUP_TEST_CHILD_CREDS", &path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // Wait for a few refreshes (a different number each round), then kill -9.
+        let target = endpoint.requests() + 1 + (round as usize % 4);
+        endpoint.wait_for_requests(target).await;
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let stored: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let token = stored["access_token"].as_str().unwrap();
+        assert!(token.starts_with("access-"), "round {round}: {token}");
+        assert_eq!(stored["padding"].as_str().map(str::len), Some(256 * 1024));
+    }
+}
