@@ -35,6 +35,30 @@ pub enum Command {
         /// ws:// or wss:// URL
         url: String,
     },
+    /// Print JSON log frames {created_at, message, pod_name} as `TIME | POD | MESSAGE`.
+    ///
+    /// Reconnects after transient failures; lines the server replays after a reconnect
+    /// are not printed twice.
+    Logs {
+        /// ws:// or wss:// URL
+        url: String,
+        /// Print each frame's JSON as received instead of rendering it.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Forward local TCP connections, each through its own supervised websocket.
+    ///
+    /// A tunnel redials only until its websocket is up (--max-retries per tunnel,
+    /// default 5); once bytes flow, a lost websocket closes that TCP connection. The
+    /// listener survives every tunnel's failure.
+    PortForward {
+        /// ws:// or wss:// URL
+        url: String,
+        /// Local address to listen on: HOST:PORT, or a bare PORT on 127.0.0.1 (port 0
+        /// picks a free port; the address is printed on stderr).
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+    },
     /// Run the scripted websocket + token server (for demos, tests, benchmarks).
     Serve(ServeArgs),
     /// A one-command tour: supervise a connection through a series of faults.
@@ -47,7 +71,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8765")]
     pub listen: SocketAddr,
     /// Comma-separated steps; connection N gets step N, the last one repeats.
-    /// Steps: http:STATUS[:RETRY_AFTER], close:CODE[:REASON], echo, logs:N, shell,
+    /// Steps: http:STATUS[:RETRY_AFTER], close:CODE[:REASON], echo, logs:N[:CODE], shell,
     /// forward:HOST:PORT, hang, silent, auth-close, expire-token.
     #[arg(long, default_value = "echo")]
     pub script: String,
@@ -178,7 +202,7 @@ impl CommonArgs {
         let sends_credentials = credentials.authorization().is_some()
             || headers
                 .iter()
-                .any(|(name, _)| name == http::header::AUTHORIZATION);
+                .any(|(name, _)| transport::is_credential_header(name));
         transport::check_secure_for_credentials(&url, sends_credentials, self.allow_insecure)?;
         let extra_ca_certs = match &self.ca_cert {
             Some(path) => transport::load_ca_certs(path)?,

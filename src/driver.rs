@@ -380,15 +380,15 @@ impl Driver {
             if !matches!(event, Event::Frame(_)) {
                 self.machine.set_credentials(self.credential_state());
             }
-            self.machine.handle_into(&event, &mut self.effects);
-            let effects = std::mem::take(&mut self.effects);
-            for effect in effects.iter().cloned() {
+            // The buffer is taken out and put back so that it is reused: no allocation
+            // per event on the data path.
+            let mut effects = std::mem::take(&mut self.effects);
+            self.machine.handle_into(&event, &mut effects);
+            for effect in effects.drain(..) {
                 if let Some(follow_up) = self.execute(effect) {
                     next = Some(follow_up);
                 }
             }
-            let mut effects = effects;
-            effects.clear();
             self.effects = effects;
             if !self.machine.is_connected() && self.outcome.is_none() {
                 if let Some(conn) = self.conn.take() {

@@ -10,13 +10,18 @@ use wsup::driver::{process_signals, NoticeSink};
 use wsup::machine::{Outcome, Sig};
 use wsup::report::{self, CredentialKind};
 use wsup::session::connect::ConnectSession;
+use wsup::session::forward::Forwarder;
+use wsup::session::logs::LogsSession;
 use wsup::Supervisor;
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_INTERNAL: u8 = 1;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => exit_on_parse_error(e),
+    };
     init_logging(&cli.common, matches!(cli.command, Command::Demo));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -33,6 +38,29 @@ fn main() {
     // Exit while the runtime is still alive: dropping it would wait for the blocking
     // thread that may be sitting in a stdin read forever.
     std::process::exit(code.into());
+}
+
+/// `--help` and `--version` go to stdout with exit 0 (clap's defaults); a usage error is
+/// one line on stderr with exit 2.
+fn exit_on_parse_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid arguments");
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    eprintln!("wsup: {line} (see wsup --help)");
+    std::process::exit(EXIT_USAGE.into());
 }
 
 async fn run(cli: Cli) -> u8 {
@@ -52,6 +80,27 @@ async fn run(cli: Cli) -> u8 {
                 .await;
             finish(&outcome, &kind)
         }
+        Command::Logs { url, raw } => {
+            let prepared = match common.prepare(&url) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
+            let kind = credential_kind(&common);
+            let quiet = common.quiet;
+            let warnings = Arc::new(move |warning: &str| {
+                if !quiet {
+                    eprint_line(&format!("wsup: warning: {warning}"));
+                }
+            });
+            let outcome = Supervisor::new(prepared.config)
+                .credentials(prepared.credentials)
+                .on_notice(notice_printer(&common))
+                .signals(process_signals())
+                .run(LogsSession::stdio(raw, warnings))
+                .await;
+            finish(&outcome, &kind)
+        }
+        Command::PortForward { url, listen } => port_forward(&common, &url, &listen).await,
         Command::Serve(args) => serve(args).await,
         Command::Demo => {
             match wsup::demo::run(notice_printer(&common), process_signals()).await {
@@ -99,6 +148,82 @@ fn finish(outcome: &Outcome, kind: &CredentialKind) -> u8 {
         eprintln!("wsup: {line}");
     }
     outcome.exit_code()
+}
+
+async fn port_forward(common: &CommonArgs, url: &str, listen: &str) -> u8 {
+    // The forwarder makes tunnels stop once connected (`redial_after_connected = false`)
+    // and gives each tunnel's dial `DEFAULT_TUNNEL_RETRIES` without `--max-retries`.
+    let prepared = match common.prepare(url) {
+        Ok(p) => p,
+        Err(e) => return usage_error(e),
+    };
+    // A bare port listens on loopback only.
+    let listen = match listen.parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => listen.to_owned(),
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("wsup: cannot listen on {listen}: {e}");
+            return if e.kind() == std::io::ErrorKind::InvalidInput {
+                EXIT_USAGE
+            } else {
+                69
+            };
+        }
+    };
+    let shown_url = redacted_url(&prepared.config.url);
+    let forwarder = match Forwarder::new(listener, prepared.config) {
+        Ok(f) => f,
+        Err(e) => return usage_error(e),
+    };
+    match forwarder.local_addr() {
+        Ok(addr) => eprint_line(&format!("wsup: forwarding {addr} -> {shown_url}")),
+        Err(_) => eprint_line(&format!("wsup: forwarding {listen} -> {shown_url}")),
+    }
+    let quiet = common.quiet;
+    let kind = credential_kind(common);
+    let sig = forwarder
+        .credentials(prepared.credentials)
+        .signals(process_signals())
+        .on_notice(Arc::new(move |peer, notice| {
+            if !quiet {
+                eprint_line(&format!("wsup: {peer}: {}", report::notice_line(notice)));
+            }
+        }))
+        .on_tunnel_end(Arc::new(move |peer, outcome| {
+            // A signal ends every tunnel at once: one final line for all, below.
+            if matches!(outcome, Outcome::Signal(_)) {
+                return;
+            }
+            if let Some(line) = report::outcome_line(outcome, &kind) {
+                eprint_line(&format!("wsup: {peer}: tunnel closed: {line}"));
+            }
+        }))
+        .run()
+        .await;
+    finish(&Outcome::Signal(sig), &CredentialKind::None)
+}
+
+/// One line on stderr in a single write, so that lines from concurrent tunnels never
+/// interleave and a reader never sees half a line.
+fn eprint_line(line: &str) {
+    let mut buffer = String::with_capacity(line.len() + 1);
+    buffer.push_str(line);
+    buffer.push('\n');
+    let _ = std::io::stderr().write_all(buffer.as_bytes());
+}
+
+/// The URL without a password or query string (either may carry a secret).
+fn redacted_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_password(None);
+    if shown.query().is_some() {
+        shown.set_query(None);
+        return format!("{shown}?...");
+    }
+    shown.to_string()
 }
 
 async fn serve(args: ServeArgs) -> u8 {

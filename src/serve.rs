@@ -85,14 +85,20 @@ pub enum Step {
     Hang,
     /// `silent`: upgrade, then never read or write again (no pongs): a half-open connection.
     Silent,
-    /// `logs:N`: upgrade, send N JSON log lines `{created_at, message, pod_name}`, then keep
-    /// the connection open (answering pings and a close, sending nothing more).
-    /// `created_at` is the server's start time plus the line number in milliseconds, so a
-    /// reconnect replays exactly the same lines.
-    Logs(u32),
+    /// `logs:N[:CODE]`: upgrade, send N JSON log lines `{created_at, message, pod_name}`
+    /// (`message` is `line K`, `pod_name` is `pod-0`), then keep the connection open
+    /// (answering pings and a close, sending nothing more), or, with a close code, close
+    /// with it (`1005`/`1006` acted out as in `close`). `created_at` is the server's start
+    /// time plus the line number in milliseconds, so every connection replays exactly the
+    /// same history: `logs:3:1012,logs:5` is a log stream that restarts and continues.
+    Logs { lines: u32, close: Option<u16> },
     /// `shell`: for now the same as `echo`.
     Shell,
-    /// `forward:HOST:PORT`: for now the same as `echo`; the target is parsed and checked.
+    /// `forward:HOST:PORT`: open a TCP connection to HOST:PORT, upgrade, then relay: binary
+    /// (and text) frames are written to the TCP connection, what it sends comes back as
+    /// binary frames. The target closing ends the websocket with 1000; the client closing
+    /// the websocket closes the TCP connection. If the target cannot be reached, upgrade and
+    /// close 1011 "forward target unreachable".
     Forward(String),
     /// `auth-close`: when the presented bearer token is not the current one (or missing),
     /// upgrade and close 1008 "token expired" instead of answering 401; otherwise `echo`.
@@ -199,7 +205,7 @@ fn continues_http_date(previous: &str, piece: &str) -> bool {
 }
 
 const STEP_SYNTAX: &str = "expected http:STATUS[:RETRY_AFTER], close:CODE[:REASON], echo, \
-                           hang, silent, logs:N, shell, forward:HOST:PORT, auth-close or expire-token";
+                           hang, silent, logs:N[:CODE], shell, forward:HOST:PORT, auth-close or expire-token";
 
 impl FromStr for Step {
     type Err = String;
@@ -233,11 +239,24 @@ impl FromStr for Step {
                     reason: reason.to_owned(),
                 }
             }
-            ("logs", Some(count)) => Step::Logs(
-                count
-                    .parse()
-                    .map_err(|_| format!("line count {count:?} is not a non-negative number"))?,
-            ),
+            ("logs", Some(argument)) => {
+                let (count, close) = match argument.split_once(':') {
+                    Some((count, code)) => (
+                        count,
+                        Some(
+                            code.parse::<u16>()
+                                .map_err(|_| format!("close code {code:?} is not a number"))?,
+                        ),
+                    ),
+                    None => (argument, None),
+                };
+                Step::Logs {
+                    lines: count.parse().map_err(|_| {
+                        format!("line count {count:?} is not a non-negative number")
+                    })?,
+                    close,
+                }
+            }
             ("forward", Some(target)) => Step::Forward(target.to_owned()),
             ("http" | "close" | "logs" | "forward", None) => {
                 return Err(format!("`{name}` needs an argument; {STEP_SYNTAX}"))
@@ -296,6 +315,13 @@ impl Step {
                     ));
                 }
             }
+            Step::Logs {
+                close: Some(code), ..
+            } => {
+                if !(1000..=4999).contains(code) {
+                    return Err(format!("close code {code} is not between 1000 and 4999"));
+                }
+            }
             Step::Forward(target) => {
                 let (host, port) = target
                     .rsplit_once(':')
@@ -309,7 +335,7 @@ impl Step {
             Step::Echo
             | Step::Hang
             | Step::Silent
-            | Step::Logs(_)
+            | Step::Logs { close: None, .. }
             | Step::Shell
             | Step::AuthClose
             | Step::ExpireToken => {}
@@ -335,7 +361,11 @@ impl fmt::Display for Step {
             Step::Echo => f.write_str("echo"),
             Step::Hang => f.write_str("hang"),
             Step::Silent => f.write_str("silent"),
-            Step::Logs(count) => write!(f, "logs:{count}"),
+            Step::Logs { lines, close: None } => write!(f, "logs:{lines}"),
+            Step::Logs {
+                lines,
+                close: Some(code),
+            } => write!(f, "logs:{lines}:{code}"),
             Step::Shell => f.write_str("shell"),
             Step::Forward(target) => write!(f, "forward:{target}"),
             Step::AuthClose => f.write_str("auth-close"),
@@ -742,7 +772,10 @@ async fn run_step(
             match step {
                 Step::Close { code, reason } => close_with(ws, code, reason).await,
                 Step::Silent => hold_open(ws).await,
-                Step::Logs(count) => send_log_lines(ws, count, shared.logs_epoch_ms).await,
+                Step::Logs { lines, close } => {
+                    send_log_lines(ws, lines, close, shared.logs_epoch_ms).await
+                }
+                Step::Forward(target) => forward(ws, &target).await,
                 Step::AuthClose if !token_is_current => {
                     close_with(ws, 1008, "token expired".to_owned()).await
                 }
@@ -750,9 +783,7 @@ async fn run_step(
                     shared.expire_token();
                     close_with(ws, 1008, "token expired".to_owned()).await
                 }
-                Step::Echo | Step::Shell | Step::Forward(_) | Step::AuthClose => {
-                    echo(ws, shared).await
-                }
+                Step::Echo | Step::Shell | Step::AuthClose => echo(ws, shared).await,
                 Step::Http { .. } | Step::Hang => unreachable!("answered without upgrading"),
             }
         }
@@ -840,6 +871,7 @@ async fn echo(mut ws: ServerSocket, shared: &Shared) -> Result<(), ConnectionErr
 async fn send_log_lines(
     mut ws: ServerSocket,
     count: u32,
+    close: Option<u16>,
     epoch_ms: u64,
 ) -> Result<(), ConnectionError> {
     for line in 1..=count {
@@ -850,11 +882,86 @@ async fn send_log_lines(
         });
         ws.send(Message::text(entry.to_string())).await?;
     }
+    if let Some(code) = close {
+        return close_with(ws, code, String::new()).await;
+    }
     // Keep reading so that pings and the client's close are answered.
     while let Some(message) = ws.next().await {
         message?;
     }
     Ok(())
+}
+
+/// A `forward` step's TCP connection to its target must be up within this long.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes read from a `forward` target at once: each read becomes one binary frame.
+const FORWARD_CHUNK: usize = 64 * 1024;
+
+/// Relays between the websocket and a new TCP connection to `target`, both directions at
+/// once (one direction waiting on the other would deadlock against an echoing target).
+async fn forward(ws: ServerSocket, target: &str) -> Result<(), ConnectionError> {
+    let tcp = match timeout(FORWARD_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(error)) => {
+            debug!(%target, %error, "forward target unreachable");
+            return close_with(ws, 1011, "forward target unreachable".to_owned()).await;
+        }
+        Err(_) => {
+            debug!(%target, "forward target: connect timed out");
+            return close_with(ws, 1011, "forward target unreachable".to_owned()).await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut from_target, mut to_target) = tcp.into_split();
+    let (mut to_client, mut from_client) = ws.split();
+
+    // Client to target: until the client's close (tungstenite answers it while we read).
+    let client_to_target = async move {
+        while let Some(message) = from_client.next().await {
+            match message? {
+                Message::Binary(bytes) => to_target.write_all(&bytes).await?,
+                Message::Text(text) => to_target.write_all(text.as_bytes()).await?,
+                _ => {}
+            }
+        }
+        // The client is done: the target reads EOF.
+        to_target.shutdown().await?;
+        Ok::<(), ConnectionError>(())
+    };
+    // Target to client: until the target closes, then close the websocket with 1000.
+    let target_to_client = async move {
+        let mut buffer = vec![0u8; FORWARD_CHUNK];
+        loop {
+            let read = from_target.read(&mut buffer).await?;
+            if read == 0 {
+                break;
+            }
+            to_client
+                .send(Message::Binary(Bytes::copy_from_slice(&buffer[..read])))
+                .await?;
+        }
+        to_client
+            .send(Message::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            })))
+            .await?;
+        Ok::<(), ConnectionError>(())
+    };
+    tokio::pin!(client_to_target, target_to_client);
+    tokio::select! {
+        // The websocket is over: whatever the target still sends has nowhere to go.
+        done = &mut client_to_target => done,
+        sent = &mut target_to_client => {
+            // Our close is sent (or the socket failed): wait, bounded, for the client's
+            // close reply, forwarding what it sent before it.
+            match timeout(CLOSE_REPLY_TIMEOUT, client_to_target).await {
+                Ok(done) => sent.and(done),
+                Err(_) => sent,
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1189,7 +1296,10 @@ mod tests {
                 Step::Echo,
                 Step::Hang,
                 Step::Silent,
-                Step::Logs(3),
+                Step::Logs {
+                    lines: 3,
+                    close: None
+                },
                 Step::Shell,
                 Step::Forward("127.0.0.1:8080".into()),
                 Step::AuthClose,
@@ -1260,6 +1370,8 @@ mod tests {
             ("close", "`close` needs an argument"),
             ("echo:1", "`echo` takes no argument"),
             ("logs:-1", "line count \"-1\" is not a non-negative number"),
+            ("logs:3:x", "close code \"x\" is not a number"),
+            ("logs:3:999", "close code 999 is not between 1000 and 4999"),
             (
                 "forward:nowhere",
                 "forward target \"nowhere\" is not HOST:PORT",
@@ -1290,7 +1402,7 @@ mod tests {
     #[test]
     fn display_round_trips() {
         let text = "close:1011:No agent: here,http:503:Wed, 21 Oct 2015 07:28:00 GMT,http:429,\
-                    echo,hang,silent,logs:2,shell,forward:localhost:22,auth-close,close:1005";
+                    echo,hang,silent,logs:2,logs:3:1012,shell,forward:localhost:22,auth-close,close:1005";
         let script: Script = text.parse().unwrap();
         assert_eq!(script.to_string(), text);
         assert_eq!(script.to_string().parse::<Script>().unwrap(), script);

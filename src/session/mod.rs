@@ -5,6 +5,8 @@
 //! supervisor through a [`Link`] and keeps working across redials.
 
 pub mod connect;
+pub mod forward;
+pub mod logs;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

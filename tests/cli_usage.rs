@@ -1,0 +1,321 @@
+//! Usage errors of the real `wsup` binary: exit 2, one line on stderr naming the
+//! problem, nothing on stdout, no panic, and nothing dialed. Plus `--help` and
+//! `--version` (stdout, exit 0).
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::{Behaviour, Finished, Server, Wsup};
+
+/// A usage error is found before anything is dialed or waited for.
+const QUICKLY: Duration = Duration::from_secs(5);
+
+/// Runs `wsup ARGS` (with `env` set and `WSUP_TEST_UNSET` unset) and checks the shape of
+/// a usage error; returns the output for checks on the message.
+async fn usage_error(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let mut command = support::wsup_command();
+    command.args(args).env_remove("WSUP_TEST_UNSET");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let done = Wsup::spawn_command(command).finish_within(QUICKLY).await;
+    done.assert_code(2).assert_stdout("");
+    let lines = support::diagnostic_lines(&done.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "a usage error is one line on stderr, got {lines:#?}\n{}",
+        done.dump()
+    );
+    done
+}
+
+/// The single diagnostic line.
+fn message(done: &Finished) -> String {
+    support::diagnostic_lines(&done.stderr)[0].to_owned()
+}
+
+fn assert_mentions(done: &Finished, needles: &[&str]) {
+    let line = message(done);
+    for needle in needles {
+        assert!(
+            line.contains(needle),
+            "the message should mention {needle:?}: {line}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------- URLs
+
+#[tokio::test]
+async fn malformed_urls_are_usage_errors() {
+    for url in [
+        "not a url",
+        "ws://",
+        "ws://:80/",
+        "ws://127.0.0.1:99999/",
+        "ws://user:hunter2@127.0.0.1/",
+        "ws://127.0.0.1/#frag",
+        "",
+    ] {
+        let done = usage_error(&["connect", url], &[]).await;
+        assert_mentions(&done, &["invalid URL"]);
+        assert!(
+            !done.stderr.contains("hunter2"),
+            "a password in the URL is never printed: {}",
+            done.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn http_and_other_schemes_are_usage_errors() {
+    for (url, scheme) in [
+        ("http://127.0.0.1:1/", "'http'"),
+        ("https://example.com/", "'https'"),
+        ("ftp://example.com/", "'ftp'"),
+    ] {
+        let done = usage_error(&["connect", url], &[]).await;
+        assert_mentions(&done, &["unsupported URL scheme", scheme, "ws://"]);
+    }
+}
+
+// ------------------------------------------------------------------------ flags
+
+#[tokio::test]
+async fn bad_durations_are_usage_errors() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    for (flag, value) in [
+        ("--backoff-initial", "10parsecs"),
+        ("--backoff-max", "soon"),
+        ("--connect-timeout", "-1s"),
+        ("--ping-interval", "0s"),
+        ("--pong-timeout", "0ms"),
+        ("--stable-after", "1x"),
+    ] {
+        let flag_value = format!("{flag}={value}");
+        let done = usage_error(&["connect", &url, &flag_value], &[]).await;
+        assert_mentions(&done, &[flag]);
+    }
+    // --backoff-initial above --backoff-max.
+    let done = usage_error(
+        &[
+            "connect",
+            &url,
+            "--backoff-initial",
+            "2s",
+            "--backoff-max",
+            "1s",
+        ],
+        &[],
+    )
+    .await;
+    assert_mentions(&done, &["--backoff-initial", "--backoff-max"]);
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+#[tokio::test]
+async fn missing_or_empty_token_env_variable_is_a_usage_error() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    let done = usage_error(&["connect", &url, "--token-env", "WSUP_TEST_UNSET"], &[]).await;
+    assert_mentions(&done, &["WSUP_TEST_UNSET", "not set"]);
+    let done = usage_error(
+        &["connect", &url, "--token-env", "WSUP_TEST_EMPTY"],
+        &[("WSUP_TEST_EMPTY", "  ")],
+    )
+    .await;
+    assert_mentions(&done, &["WSUP_TEST_EMPTY", "empty"]);
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+#[tokio::test]
+async fn unreadable_or_invalid_ca_cert_is_a_usage_error() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    let missing = "/nonexistent/wsup-test/ca.pem";
+    let done = usage_error(&["connect", &url, "--ca-cert", missing], &[]).await;
+    assert_mentions(&done, &[missing, "cannot read"]);
+
+    let not_pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let not_pem = not_pem.to_str().expect("UTF-8 path");
+    let done = usage_error(&["connect", &url, "--ca-cert", not_pem], &[]).await;
+    assert_mentions(&done, &["Cargo.toml", "no certificate"]);
+
+    let directory = env!("CARGO_MANIFEST_DIR");
+    let done = usage_error(&["connect", &url, "--ca-cert", directory], &[]).await;
+    assert_mentions(&done, &[directory, "cannot read"]);
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+#[tokio::test]
+async fn bad_headers_are_usage_errors_that_never_show_the_value() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    for (header, needle) in [
+        ("NoColonHere", "':'"),
+        (": value", "empty"),
+        ("Bad Name: x", "'Bad Name'"),
+        ("X-Ctl: s3cr3t\u{1}value", "'x-ctl'"),
+        ("Authorization: Bearer s3cr3t\u{7f}", "authorization"),
+        (
+            "Authorization: Bearer s3cr3t\r\nX-Injected: 1",
+            "authorization",
+        ),
+        ("Connection: close", "handshake"),
+    ] {
+        let done = usage_error(&["connect", &url, "--header", header], &[]).await;
+        assert_mentions(&done, &["header", needle]);
+        assert!(
+            !done.stderr.contains("s3cr3t"),
+            "a header value is never printed: {}",
+            done.stderr
+        );
+    }
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+#[tokio::test]
+async fn retry_close_codes_accepts_only_application_codes() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    for (codes, needle) in [
+        ("1008", "1008 is not an application close code"),
+        ("4001,1011", "1011 is not an application close code"),
+        ("5000", "5000 is not an application close code"),
+        ("abc", "'abc' is not a close code"),
+    ] {
+        let done = usage_error(&["connect", &url, "--retry-close-codes", codes], &[]).await;
+        assert_mentions(&done, &[needle]);
+    }
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+// ----------------------------------------------- credentials over plain ws://
+
+/// `ws://0.0.0.0:PORT` is not loopback by DESIGN.md's definition (localhost, 127/8,
+/// ::1), yet on Linux a connection to it reaches a server bound to 127.0.0.1: the test
+/// can tell "refused before dialing" from "dialed".
+#[tokio::test]
+async fn credentials_over_non_loopback_ws_are_refused_before_dialing() {
+    let server = Server::always(Behaviour::close(1000, "")).await;
+    let url = format!("ws://0.0.0.0:{}/", server.addr.port());
+    let token = ("WSUP_TEST_INSECURE_TOKEN", "t0ken-insecure");
+
+    let done = usage_error(
+        &["connect", &url, "--token-env", "WSUP_TEST_INSECURE_TOKEN"],
+        &[token],
+    )
+    .await;
+    assert_mentions(&done, &["refusing to send credentials", "--allow-insecure"]);
+    assert!(!done.stderr.contains(token.1), "{}", done.stderr);
+
+    let done = usage_error(
+        &["connect", &url, "--header", "Authorization: Basic s3cr3t"],
+        &[],
+    )
+    .await;
+    assert_mentions(&done, &["refusing to send credentials"]);
+    assert!(!done.stderr.contains("s3cr3t"), "{}", done.stderr);
+
+    // A hostname that is not loopback: refused before any DNS lookup.
+    let done = usage_error(
+        &[
+            "connect",
+            "ws://example.invalid/",
+            "--token-env",
+            "WSUP_TEST_INSECURE_TOKEN",
+        ],
+        &[token],
+    )
+    .await;
+    assert_mentions(&done, &["refusing to send credentials"]);
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+#[tokio::test]
+async fn allow_insecure_sends_credentials_over_plain_ws() {
+    // A refused non-loopback address: the dial fails and --max-retries 0 ends it (75).
+    let url = format!("ws://0.0.0.0:{}/", support::refused_port());
+    let mut command = support::wsup_command();
+    command
+        .args(["connect", &url, "--token-env", "WSUP_TEST_INSECURE_TOKEN"])
+        .args(["--allow-insecure", "--max-retries", "0"])
+        .env("WSUP_TEST_INSECURE_TOKEN", "t0ken-insecure");
+    let done = Wsup::spawn_command(command).finish().await;
+    done.assert_code(75)
+        .assert_stdout("")
+        .assert_stderr_contains("connection refused")
+        .assert_stderr_lacks("t0ken-insecure");
+
+    // And against a server: the token arrives.
+    let server = Server::always(Behaviour::close(1000, "")).await;
+    let url = format!("ws://0.0.0.0:{}/", server.addr.port());
+    let mut command = support::wsup_command();
+    command
+        .args(["connect", &url, "--token-env", "WSUP_TEST_INSECURE_TOKEN"])
+        .arg("--allow-insecure")
+        .env("WSUP_TEST_INSECURE_TOKEN", "t0ken-insecure");
+    let done = Wsup::spawn_command(command).finish().await;
+    done.assert_code(0).assert_stdout("");
+    let connections = server.connections();
+    assert_eq!(connections.len(), 1);
+    assert_eq!(
+        connections[0].header("authorization"),
+        Some("Bearer t0ken-insecure")
+    );
+}
+
+/// `transport::is_credential_header` documents Cookie and Proxy-Authorization as
+/// credential headers "for check_secure_for_credentials"; DESIGN.md says credentials of
+/// any kind are only sent over wss:// or loopback ws://.
+#[tokio::test]
+async fn cookie_and_proxy_authorization_headers_count_as_credentials() {
+    let server = Server::always(Behaviour::close(1000, "")).await;
+    let url = format!("ws://0.0.0.0:{}/", server.addr.port());
+    for header in [
+        "Cookie: session=s3cr3t",
+        "Proxy-Authorization: Basic s3cr3t",
+    ] {
+        let done = usage_error(&["connect", &url, "--header", header], &[]).await;
+        assert_mentions(&done, &["refusing to send credentials"]);
+    }
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+// -------------------------------------------------------------- help, version
+
+#[tokio::test]
+async fn help_and_version_go_to_stdout_with_exit_0() {
+    for args in [
+        &["--help"][..],
+        &["-h"][..],
+        &["connect", "--help"][..],
+        &["serve", "--help"][..],
+    ] {
+        let done = Wsup::spawn(args).finish_within(QUICKLY).await;
+        done.assert_code(0);
+        assert_eq!(done.stderr, "", "{args:?}: nothing on stderr");
+        let help = done.stdout_text();
+        assert!(help.contains("Usage:"), "{args:?}: {help}");
+        assert!(
+            help.contains("--max-retries"),
+            "{args:?}: global flags listed"
+        );
+    }
+    let top = Wsup::spawn(["--help"]).finish_within(QUICKLY).await;
+    let help = top.stdout_text();
+    for expected in ["connect", "serve", "Exit codes"] {
+        assert!(help.contains(expected), "--help lacks {expected:?}: {help}");
+    }
+
+    for flag in ["--version", "-V"] {
+        let done = Wsup::spawn([flag]).finish_within(QUICKLY).await;
+        done.assert_code(0)
+            .assert_stdout(&format!("wsup {}\n", env!("CARGO_PKG_VERSION")));
+        assert_eq!(done.stderr, "");
+    }
+}
