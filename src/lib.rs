@@ -19,3 +19,4 @@ pub mod transport;
 pub use driver::{Config, Supervisor};
 pub use machine::Outcome;
 pub use session::Session;
+pub use tokio_tungstenite::tungstenite;
