@@ -160,6 +160,33 @@ fn parse_app_close_code(text: &str) -> Result<u16, String> {
     }
 }
 
+/// The refresh token travels to `token_url`: the same rule as for the websocket, https
+/// or loopback http unless `--allow-insecure`.
+fn check_token_url(
+    path: &std::path::Path,
+    token_url: Option<&str>,
+    allow_insecure: bool,
+) -> Result<(), UsageError> {
+    let Some(text) = token_url else {
+        return Ok(());
+    };
+    let invalid = |why: &str| {
+        UsageError::Invalid(format!(
+            "credentials file {}: token_url {why}",
+            path.display()
+        ))
+    };
+    let url = url::Url::parse(text).map_err(|_| invalid("is not a URL"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure || transport::is_loopback(&url) => Ok(()),
+        "http" => Err(invalid(
+            "is plain http to a non-loopback host: the refresh token would travel in clear text; use https, or pass --allow-insecure",
+        )),
+        _ => Err(invalid("must be an http(s) URL")),
+    }
+}
+
 /// What a supervised subcommand needs, validated.
 pub struct Prepared {
     pub config: Config,
@@ -192,10 +219,12 @@ impl CommonArgs {
                 Arc::new(StaticToken::new(&self.auth_scheme, token))
             }
             None => match &self.credentials {
-                Some(path) => Arc::new(
-                    CredentialsFile::load(path, &self.auth_scheme)
-                        .map_err(|e| UsageError::Invalid(e.to_string()))?,
-                ),
+                Some(path) => {
+                    let file = CredentialsFile::load(path, &self.auth_scheme)
+                        .map_err(|e| UsageError::Invalid(e.to_string()))?;
+                    check_token_url(path, file.token_url().as_deref(), self.allow_insecure)?;
+                    Arc::new(file)
+                }
                 None => Arc::new(Anonymous),
             },
         };

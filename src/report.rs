@@ -121,7 +121,9 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
         (Class::Transient, _) => {
             "the connection ended and this session does not redial once data has flowed".into()
         }
-        (Class::Internal, _) => "this is a bug in wsup: please report it with -vv logs".into(),
+        (Class::Internal, _) => {
+            "wsup could not continue; run with -vv for details (and report it if it looks like a bug)".into()
+        }
         (Class::Done, _) => "the server ended the session".into(),
     }
 }

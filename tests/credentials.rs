@@ -685,3 +685,39 @@ async fn kill_9_during_refreshes_leaves_a_complete_file() {
         assert_eq!(stored["padding"].as_str().map(str::len), Some(256 * 1024));
     }
 }
+
+#[tokio::test]
+async fn cli_refuses_a_plain_http_token_url_to_a_remote_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = creds_json(
+        "A0",
+        "2099-01-01T00:00:00Z",
+        "R0",
+        "http://login.example.com/oauth/token",
+    );
+    let path = write_file(&dir, &content);
+    let args = [
+        "connect",
+        "ws://127.0.0.1:9/",
+        "--credentials",
+        path.to_str().unwrap(),
+    ];
+    let out = run_wsup(&args, &[], Some(b"")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("token_url") && stderr.contains("--allow-insecure"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("R0"));
+    // With --allow-insecure it proceeds to dial (and fails on the closed port).
+    let mut insecure = args.to_vec();
+    insecure.extend(["--allow-insecure", "--max-retries", "0"]);
+    let out = run_wsup(&insecure, &[], None).await;
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
