@@ -417,10 +417,14 @@ impl Core {
                 Handled
             }
             Event::Timer(TimerKind::Liveness) => {
-                context.push(Effect::Close(
-                    CLOSE_GOING_AWAY,
-                    "no data received before the liveness deadline".into(),
-                ));
+                // While closing, our close frame is already on its way: do not queue a
+                // second one.
+                if !*closing {
+                    context.push(Effect::Close(
+                        CLOSE_GOING_AWAY,
+                        "no data received before the liveness deadline".into(),
+                    ));
+                }
                 Transition(self.after_disconnect(context, Failure::Liveness, *closing, *guards))
             }
             Event::Timer(TimerKind::Stable) => {
@@ -442,7 +446,10 @@ impl Core {
                 Handled
             }
             Event::UserInterrupt => {
-                context.push(Effect::Send(Message::Binary(vec![CTRL_C].into())));
+                // After our close frame nothing more may be sent.
+                if !*closing {
+                    context.push(Effect::Send(Message::Binary(vec![CTRL_C].into())));
+                }
                 Handled
             }
             Event::Signal(_) => {
@@ -1104,6 +1111,22 @@ mod tests {
         let fx = m.handle(Event::Frame(Message::Text("late".into())));
         assert!(fx.contains(&Effect::Deliver(Message::Text("late".into()))));
         let fx = m.handle(Event::Closed(close(1000, "")));
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn nothing_more_is_sent_after_our_close_frame() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        assert!(m.handle(Event::UserInterrupt).is_empty());
+        let fx = m.handle(Event::Timer(TimerKind::Liveness));
+        assert!(
+            !fx.iter()
+                .any(|e| matches!(e, Effect::Close(..) | Effect::Send(_))),
+            "{fx:?}"
+        );
         assert_eq!(exit_of(&fx), Some(&Outcome::Done));
     }
 
