@@ -35,6 +35,16 @@ pub enum Command {
         /// ws:// or wss:// URL
         url: String,
     },
+    /// An interactive terminal: keys out as binary frames, output in, raw mode.
+    ///
+    /// The terminal size goes in the query (tty_width, tty_height) and a
+    /// {"type":"resize","cols":C,"rows":R} text frame follows every resize. Ctrl+C is
+    /// forwarded while connected and quits (exit 130) while reconnecting. The terminal is
+    /// restored on every exit.
+    Shell {
+        /// ws:// or wss:// URL
+        url: String,
+    },
     /// Print JSON log frames {created_at, message, pod_name} as `TIME | POD | MESSAGE`.
     ///
     /// Reconnects after transient failures; lines the server replays after a reconnect

@@ -18,6 +18,8 @@ use crate::machine::{
 };
 use crate::session::{self, LinkEnds, Session};
 use crate::transport::{failure_from_ws_error, Transport, TransportConfig, WsStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
 use futures_util::{Sink, Stream};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -65,6 +67,31 @@ pub type NoticeSink = Arc<dyn Fn(&Notice) + Send + Sync>;
 
 /// A source of SIGINT/SIGTERM: `Some(sig)` once one arrived.
 pub type SignalWatch = watch::Receiver<Option<Sig>>;
+
+/// Opens websocket connections for the driver. [`Transport`] is the real one (TCP, TLS,
+/// HTTP upgrade); tests plug in an in-memory one so that the driver runs under paused
+/// tokio time, with no sockets.
+pub trait Dialer: Clone + Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    fn dial(
+        &self,
+        url: &Url,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = Result<WebSocketStream<Self::Stream>, Failure>> + Send;
+}
+
+impl Dialer for Transport {
+    type Stream = tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>;
+
+    fn dial(
+        &self,
+        url: &Url,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = Result<WsStream, Failure>> + Send {
+        Transport::dial(self, url, authorization)
+    }
+}
 
 /// Keeps one websocket session alive.
 ///
@@ -125,8 +152,8 @@ impl Supervisor {
     }
 
     /// Supervise until the session ends; returns how it ended.
-    pub async fn run<S: Session>(self, session: S) -> Outcome {
-        let transport = match self.transport {
+    pub async fn run<S: Session>(mut self, session: S) -> Outcome {
+        let transport = match self.transport.take() {
             Some(t) => t,
             None => match Transport::new(self.config.transport.clone()) {
                 Ok(t) => t,
@@ -138,6 +165,11 @@ impl Supervisor {
                 }
             },
         };
+        self.run_with_dialer(transport, session).await
+    }
+
+    /// Like [`Supervisor::run`], dialing through `dialer` instead of the network.
+    pub async fn run_with_dialer<D: Dialer, S: Session>(self, dialer: D, session: S) -> Outcome {
         let backoff = Backoff::new(
             self.config.backoff,
             self.jitter.unwrap_or_else(Jitter::from_entropy),
@@ -147,7 +179,7 @@ impl Supervisor {
         let mut driver = Driver {
             machine: Machine::new(self.config.machine.clone(), backoff),
             credentials: self.credentials,
-            transport,
+            dialer,
             url: self.config.url,
             notices: self.notices.unwrap_or_else(|| Arc::new(log_notice)),
             signals: self.signals.unwrap_or_else(process_signals),
@@ -242,19 +274,19 @@ fn forward_signals(
     });
 }
 
-type DialFuture = Pin<Box<dyn Future<Output = Result<WsStream, Failure>> + Send>>;
+type DialFuture<S> = Pin<Box<dyn Future<Output = Result<WebSocketStream<S>, Failure>> + Send>>;
 type RefreshFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
-struct Driver {
+struct Driver<D: Dialer> {
     machine: Machine,
     credentials: Arc<dyn Credentials>,
-    transport: Transport,
+    dialer: D,
     url: Url,
     notices: NoticeSink,
     signals: SignalWatch,
     ends: LinkEnds,
-    conn: Option<Conn>,
-    dialing: Option<DialFuture>,
+    conn: Option<Conn<D::Stream>>,
+    dialing: Option<DialFuture<D::Stream>>,
     refreshing: Option<RefreshFuture>,
     /// What the last dial sent, so a refresh can tell whether someone else already
     /// replaced the rejected token.
@@ -268,7 +300,7 @@ struct Driver {
     outcome: Option<Outcome>,
 }
 
-impl Driver {
+impl<D: Dialer> Driver<D> {
     async fn run(&mut self) -> Outcome {
         self.feed(Event::Start);
         // A signal that arrived before we started still counts.
@@ -279,12 +311,11 @@ impl Driver {
         let mut signals_open = true;
         let mut control_open = true;
         while self.outcome.is_none() {
-            let take_outbound = !self.outbound_done
-                && self.machine_accepts_outbound()
-                && self
-                    .conn
-                    .as_ref()
-                    .is_some_and(|c| c.queue.len() < SEND_QUEUE_MESSAGES);
+            // The session's messages are taken inside `poll_io`, as many as the send queue
+            // has room for, so that the bound is re-checked each time the socket drains
+            // the queue (a guard on a select arm is evaluated only once per iteration:
+            // a queue that drains while the arm is off would stall until some other event).
+            let take_outbound = !self.outbound_done && self.machine_accepts_outbound();
             let read_enabled = self.pending_delivery.is_none();
             let event = tokio::select! {
                 biased;
@@ -307,9 +338,15 @@ impl Driver {
                         continue;
                     }
                 },
-                io = poll_fn(|cx| self.conn.as_mut().map_or(Poll::Pending, |c| c.poll_io(cx, read_enabled))),
-                    if self.conn.is_some() => match io {
+                io = poll_fn(|cx| {
+                    let outbound = take_outbound.then_some(&mut self.ends.outbound);
+                    self.conn.as_mut().map_or(Poll::Pending, |c| c.poll_io(cx, read_enabled, outbound))
+                }), if self.conn.is_some() => match io {
                     ConnEvent::Frame(message) => Event::Frame(message),
+                    ConnEvent::OutboundEnded => {
+                        self.outbound_done = true;
+                        Event::LocalEof
+                    }
                     ConnEvent::Closed(failure) => {
                         if let Some(conn) = self.conn.take() {
                             conn.retire();
@@ -344,20 +381,6 @@ impl Driver {
                         }
                     }
                 }
-                item = self.ends.outbound.recv(), if take_outbound => match item {
-                    Some(item) => {
-                        if let Some(conn) = self.conn.as_mut() {
-                            conn.queue.push_back(item.message);
-                        }
-                        // The session's byte budget is released once the socket has it.
-                        drop(item.permit);
-                        continue;
-                    }
-                    None => {
-                        self.outbound_done = true;
-                        Event::LocalEof
-                    }
-                },
                 kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
             };
             self.feed(event);
@@ -416,10 +439,10 @@ impl Driver {
                 let url = self.dial_url();
                 let authorization = self.credentials.authorization();
                 self.sent_authorization = authorization.clone();
-                let transport = self.transport.clone();
+                let dialer = self.dialer.clone();
                 tracing::debug!(target: "wsup::driver", host = url.host_str(), path = url.path(), "dialing");
                 self.dialing = Some(Box::pin(async move {
-                    transport
+                    dialer
                         .dial(&url, authorization.as_ref().map(Secret::expose))
                         .await
                 }));
@@ -510,8 +533,8 @@ impl Driver {
 }
 
 /// An open websocket with its outgoing queue.
-struct Conn {
-    ws: WsStream,
+struct Conn<S> {
+    ws: WebSocketStream<S>,
     queue: VecDeque<Message>,
     needs_flush: bool,
     /// Set when a write failed: the failure to report, unless the server's close frame
@@ -522,10 +545,16 @@ struct Conn {
 enum ConnEvent {
     Frame(Message),
     Closed(Failure),
+    /// The session dropped its sender: everything it sent is in the queue.
+    OutboundEnded,
 }
 
-impl Conn {
-    fn new(ws: WsStream) -> Self {
+/// Rounds of "take up to the queue bound, flush" in one `poll_io`, so that a session that
+/// keeps the channel full cannot keep the driver from reading or seeing a signal.
+const OUTBOUND_ROUNDS_PER_POLL: usize = 4;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
+    fn new(ws: WebSocketStream<S>) -> Self {
         Conn {
             ws,
             queue: VecDeque::new(),
@@ -534,14 +563,57 @@ impl Conn {
         }
     }
 
-    /// Push queued writes forward, then read one frame.
-    fn poll_io(&mut self, cx: &mut Context<'_>, read: bool) -> Poll<ConnEvent> {
-        if self.drain.is_none() {
-            if let Poll::Ready(Err(error)) = self.poll_flush_queue(cx) {
-                self.drain = Some((
-                    failure_from_ws_error(error),
-                    Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_ERROR)),
-                ));
+    /// Take the session's messages (when `outbound` is given) while the queue has room,
+    /// push queued writes forward, then read one frame. A burst of small messages goes
+    /// out in one flush.
+    fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: bool,
+        mut outbound: Option<&mut mpsc::Receiver<session::Outbound>>,
+    ) -> Poll<ConnEvent> {
+        let mut rounds = 0;
+        while self.drain.is_none() {
+            // Whether a wake-up is due when the session sends more: the channel said
+            // Pending (its waker is registered), or messages are not taken now.
+            let mut channel_waits = true;
+            if let Some(receiver) = outbound.as_deref_mut() {
+                channel_waits = false;
+                while self.queue.len() < SEND_QUEUE_MESSAGES {
+                    match receiver.poll_recv(cx) {
+                        Poll::Ready(Some(item)) => {
+                            self.queue.push_back(item.message);
+                            // The session's byte budget is released once the socket has it.
+                            drop(item.permit);
+                        }
+                        Poll::Ready(None) => return Poll::Ready(ConnEvent::OutboundEnded),
+                        Poll::Pending => {
+                            channel_waits = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            match self.poll_flush_queue(cx) {
+                Poll::Ready(Err(error)) => {
+                    self.drain = Some((
+                        failure_from_ws_error(error),
+                        Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_ERROR)),
+                    ));
+                }
+                // Everything is written and the queue was full: the session may have more,
+                // and nothing would wake us for it.
+                Poll::Ready(Ok(())) if !channel_waits => {
+                    rounds += 1;
+                    if rounds == OUTBOUND_ROUNDS_PER_POLL {
+                        // Come back after the other arms had their turn.
+                        cx.waker().wake_by_ref();
+                        break;
+                    }
+                }
+                // Written, and the channel's waker is registered; or the socket is full,
+                // and its waker is registered.
+                Poll::Ready(Ok(())) | Poll::Pending => break,
             }
         }
         if read || self.drain.is_some() {

@@ -12,6 +12,7 @@ use wsup::report::{self, CredentialKind};
 use wsup::session::connect::ConnectSession;
 use wsup::session::forward::Forwarder;
 use wsup::session::logs::LogsSession;
+use wsup::session::shell::{self, ShellSession, TerminalStderr};
 use wsup::Supervisor;
 
 const EXIT_USAGE: u8 = 2;
@@ -79,6 +80,35 @@ async fn run(cli: Cli) -> u8 {
                 .run(ConnectSession::stdio())
                 .await;
             finish(&outcome, &kind)
+        }
+        Command::Shell { url } => {
+            let prepared = match common.prepare(&url) {
+                Ok(p) => p,
+                Err(e) => return usage_error(e),
+            };
+            let kind = credential_kind(&common);
+            let quiet = common.quiet;
+            // In raw mode "\n" does not return the carriage: notices end with "\r\n".
+            let notices: NoticeSink = Arc::new(move |notice| {
+                if !quiet {
+                    let line = format!("wsup: {}", report::notice_line(notice));
+                    let _ = std::io::stderr().write_all(shell::terminal_line(&line).as_bytes());
+                }
+            });
+            let outcome = Supervisor::new(prepared.config)
+                .credentials(prepared.credentials)
+                .on_notice(notices)
+                .signals(process_signals())
+                .run(ShellSession::stdio())
+                .await;
+            // The session leaves raw mode when it ends; this covers a session that did not
+            // end within the supervisor's exit budget. Either way, before the exit.
+            shell::restore_terminal();
+            if let Some(line) = report::outcome_line(&outcome, &kind) {
+                let line = shell::terminal_line(&format!("wsup: {line}"));
+                let _ = std::io::stderr().write_all(line.as_bytes());
+            }
+            outcome.exit_code()
         }
         Command::Logs { url, raw } => {
             let prepared = match common.prepare(&url) {
@@ -289,8 +319,9 @@ fn init_logging(common: &CommonArgs, demo: bool) {
     });
     let filter = filter.and(no_secrets);
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // Log lines end with "\r\n" while `wsup shell` has the terminal in raw mode.
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(TerminalStderr::default)
         .with_ansi(ansi);
     let registry = tracing_subscriber::registry();
     match common.log_format {

@@ -39,8 +39,11 @@ pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
 /// `--connect-timeout` default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default read buffer of a connection.
-pub const DEFAULT_READ_BUFFER_SIZE: usize = 128 << 10;
+/// Default read buffer of a connection. tungstenite zero-fills the whole buffer on the
+/// first read, so all of it is resident for as long as the connection lives; it grows by
+/// itself to hold a larger frame. 16 KiB keeps an idle connection small (the 128 KiB
+/// default made it ~150 KiB of RSS, see docs/benchmarks.md) without costing throughput.
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 16 << 10;
 /// Default write buffer of a connection (bytes gathered before a write to the socket).
 pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 128 << 10;
 
@@ -879,7 +882,7 @@ mod tests {
         let config = transport.ws_config();
         assert_eq!(config.max_message_size, Some(64 << 20));
         assert_eq!(config.max_frame_size, Some(64 << 20));
-        assert_eq!(config.read_buffer_size, 128 << 10);
+        assert_eq!(config.read_buffer_size, DEFAULT_READ_BUFFER_SIZE);
         assert_eq!(config.write_buffer_size, 128 << 10);
         assert!(config.max_write_buffer_size > config.write_buffer_size + (64 << 20));
     }

@@ -381,43 +381,75 @@ fn wsup_command(args: &[&str]) -> tokio::process::Command {
     cmd
 }
 
-/// Runs wsup to its exit. `stdin: None` keeps stdin open (no local EOF) until it exits.
-async fn run_wsup(
-    args: &[&str],
-    envs: &[(&str, &str)],
-    stdin: Option<&[u8]>,
-) -> std::process::Output {
+/// What a test feeds to wsup's stdin.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// These bytes, then EOF at once.
+    Eof(&'a [u8]),
+    /// Nothing, and stdin stays open (no local EOF) until wsup exits.
+    Open,
+    /// These bytes, then EOF, once wsup said "connected" after a refresh or a redial:
+    /// a line sent earlier could go to the connection the server is about to reject.
+    AfterReconnect(&'a [u8]),
+}
+
+/// Runs wsup to its exit, at most 20 s.
+async fn run_wsup(args: &[&str], envs: &[(&str, &str)], input: Input<'_>) -> std::process::Output {
+    use tokio::io::AsyncBufReadExt;
     let mut cmd = wsup_command(args);
     for (k, v) in envs {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    match stdin {
-        Some(bytes) => {
-            input.write_all(bytes).await.unwrap();
-            drop(input);
-        }
-        // Moved into a task that outlives the child's run.
-        None => {
-            tokio::spawn(async move {
-                let _open = input;
-                std::future::pending::<()>().await
-            });
-        }
-    }
     let pid = child.id().expect("running");
-    let output = tokio::spawn(child.wait_with_output());
-    let abort = output.abort_handle();
-    match tokio::time::timeout(Duration::from_secs(20), output).await {
-        Ok(output) => output.unwrap().unwrap(),
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let late_input = match input {
+        Input::Eof(bytes) => {
+            let mut stdin = stdin.take().unwrap();
+            stdin.write_all(bytes).await.unwrap();
+            None
+        }
+        Input::Open => None,
+        Input::AfterReconnect(bytes) => Some(bytes.to_vec()),
+    };
+    let stderr_task = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut text = String::new();
+        let mut late_input = late_input;
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("wsup: connected") {
+                // Only `AfterReconnect` gives up stdin here; `Open` keeps it to the end.
+                if let Some(bytes) = late_input.take() {
+                    if let Some(mut input) = stdin.take() {
+                        let _ = input.write_all(&bytes).await;
+                    }
+                }
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let stdout_task = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes).await;
+        bytes
+    });
+    let status = match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+        Ok(status) => status.unwrap(),
         Err(_) => {
-            abort.abort();
             let _ = std::process::Command::new("kill")
                 .arg(pid.to_string())
                 .status();
             panic!("wsup {args:?} did not finish within 20 s");
         }
+    };
+    std::process::Output {
+        status,
+        stdout: stdout_task.await.unwrap(),
+        stderr: stderr_task.await.unwrap().into_bytes(),
     }
 }
 
@@ -450,7 +482,7 @@ async fn cli_refreshes_once_on_1008_and_never_logs_a_token_even_at_trace() {
             path.to_str().unwrap(),
         ],
         &[("WSUP_LOG", "trace")],
-        Some(b"after refresh\n"),
+        Input::AfterReconnect(b"after refresh\n"),
     )
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -484,7 +516,7 @@ async fn cli_a_server_that_always_closes_1008_gets_exactly_one_refresh() {
             path.to_str().unwrap(),
         ],
         &[],
-        None,
+        Input::Open,
     )
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -516,7 +548,7 @@ async fn cli_proactive_refresh_before_dialing_an_expiring_token() {
             path.to_str().unwrap(),
         ],
         &[],
-        Some(b"x\n"),
+        Input::Eof(b"x\n"),
     )
     .await;
     assert_eq!(
@@ -546,7 +578,7 @@ async fn cli_invalid_grant_stops_with_77_and_leaves_the_file_alone() {
             path.to_str().unwrap(),
         ],
         &[],
-        None,
+        Input::Open,
     )
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -567,7 +599,7 @@ async fn cli_malformed_credentials_file_is_exit_2() {
             path.to_str().unwrap(),
         ],
         &[],
-        None,
+        Input::Open,
     )
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -597,8 +629,8 @@ async fn two_processes_on_one_file_spend_one_refresh_and_both_connect() {
         path.to_str().unwrap(),
     ];
     let (a, b) = tokio::join!(
-        run_wsup(&args, &[], Some(b"from a\n")),
-        run_wsup(&args, &[], Some(b"from b\n"))
+        run_wsup(&args, &[], Input::AfterReconnect(b"from a\n")),
+        run_wsup(&args, &[], Input::AfterReconnect(b"from b\n"))
     );
     for out in [&a, &b] {
         assert_eq!(
@@ -702,7 +734,7 @@ async fn cli_refuses_a_plain_http_token_url_to_a_remote_host() {
         "--credentials",
         path.to_str().unwrap(),
     ];
-    let out = run_wsup(&args, &[], Some(b"")).await;
+    let out = run_wsup(&args, &[], Input::Eof(b"")).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -713,7 +745,7 @@ async fn cli_refuses_a_plain_http_token_url_to_a_remote_host() {
     // With --allow-insecure it proceeds to dial (and fails on the closed port).
     let mut insecure = args.to_vec();
     insecure.extend(["--allow-insecure", "--max-retries", "0"]);
-    let out = run_wsup(&insecure, &[], None).await;
+    let out = run_wsup(&insecure, &[], Input::Open).await;
     assert_eq!(
         out.status.code(),
         Some(75),

@@ -22,7 +22,7 @@ use crate::credentials::{Anonymous, Credentials};
 use crate::driver::{Config, NoticeSink, SignalWatch, Supervisor};
 use crate::machine::{Notice, Outcome, Sig};
 use crate::transport::Transport;
-use bytes::Bytes;
+use bytes::{BufMut, BytesMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,14 +94,17 @@ impl Session for ForwardSession {
     }
 }
 
-/// Reads the TCP connection into one reusable buffer and queues each read as a binary
-/// frame (one copy, into the frame's `Bytes`). Returning drops the sender: the
-/// supervisor sends close 1000 once everything queued has left.
+/// Reads the TCP connection straight into the frames' buffers and queues each read as a
+/// binary frame: no copy between the socket and the websocket's writer (which masks the
+/// payload into its own buffer). Returning drops the sender: the supervisor sends close
+/// 1000 once everything queued has left.
 async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) {
     let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
-    let mut buffer = vec![0u8; CHUNK];
+    let mut buffer = BytesMut::new();
     loop {
-        let read = match tcp.read(&mut buffer).await {
+        // Reuses the allocation when the previous frame has already been written.
+        buffer.reserve(CHUNK);
+        let read = match tcp.read_buf(&mut (&mut buffer).limit(CHUNK)).await {
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
@@ -109,7 +112,7 @@ async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) {
             return;
         };
         let item = Outbound {
-            message: Message::Binary(Bytes::copy_from_slice(&buffer[..read])),
+            message: Message::Binary(buffer.split().freeze()),
             permit: Some(permit),
         };
         if outbound.send(item).await.is_err() {

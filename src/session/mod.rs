@@ -7,6 +7,7 @@
 pub mod connect;
 pub mod forward;
 pub mod logs;
+pub mod shell;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,305 @@
+//! The driver under paused tokio time: an in-memory dialer (websockets over
+//! `tokio::io::duplex`, no sockets) lets minutes of virtual time pass in milliseconds,
+//! so liveness deadlines, backoff delays and Retry-After are checked to the millisecond
+//! without a single real sleep.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::DuplexStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::WebSocketStream;
+use url::Url;
+use wsup::backoff::{BackoffPolicy, Jitter};
+use wsup::classify::{Failure, NetworkKind};
+use wsup::driver::{Dialer, SignalWatch};
+use wsup::machine::{MachineConfig, Outcome, Sig};
+use wsup::session::{Link, Session};
+use wsup::tungstenite::Message;
+use wsup::{Config, Supervisor};
+
+type ServerEnd = WebSocketStream<DuplexStream>;
+
+/// Each dial takes the next scripted answer (the last repeats): a failure, or a
+/// connection whose server end is handed to the test.
+#[derive(Clone)]
+struct MemoryDialer {
+    answers: Arc<Mutex<VecDeque<Option<Failure>>>>,
+    dials: Arc<Mutex<Vec<Instant>>>,
+    server_ends: mpsc::UnboundedSender<ServerEnd>,
+}
+
+impl MemoryDialer {
+    fn new(answers: Vec<Option<Failure>>) -> (Self, mpsc::UnboundedReceiver<ServerEnd>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let dialer = MemoryDialer {
+            answers: Arc::new(Mutex::new(answers.into())),
+            dials: Arc::default(),
+            server_ends: tx,
+        };
+        (dialer, rx)
+    }
+
+    fn dial_times(&self) -> Vec<Instant> {
+        self.dials.lock().unwrap().clone()
+    }
+}
+
+impl Dialer for MemoryDialer {
+    type Stream = DuplexStream;
+
+    fn dial(
+        &self,
+        _url: &Url,
+        _authorization: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<WebSocketStream<DuplexStream>, Failure>> + Send
+    {
+        self.dials.lock().unwrap().push(Instant::now());
+        let answer = {
+            let mut answers = self.answers.lock().unwrap();
+            if answers.len() > 1 {
+                answers.pop_front().unwrap()
+            } else {
+                answers.front().cloned().flatten()
+            }
+        };
+        let server_ends = self.server_ends.clone();
+        async move {
+            if let Some(failure) = answer {
+                return Err(failure);
+            }
+            let (client, server) = tokio::io::duplex(256 * 1024);
+            let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+            let _ = server_ends.send(server);
+            Ok(client)
+        }
+    }
+}
+
+/// Sends `lines` (queued until connected), keeps its input open, reports what arrives.
+struct Probe {
+    lines: Vec<&'static str>,
+    delivered: mpsc::UnboundedSender<Message>,
+}
+
+impl Session for Probe {
+    async fn run(self, link: Link) {
+        let Link {
+            mut inbound,
+            outbound,
+            ..
+        } = link;
+        for line in self.lines {
+            let _ = outbound.send(Message::text(line).into()).await;
+        }
+        while let Some(message) = inbound.recv().await {
+            let _ = self.delivered.send(message);
+        }
+        drop(outbound);
+    }
+}
+
+fn probe(lines: Vec<&'static str>) -> (Probe, mpsc::UnboundedReceiver<Message>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Probe {
+            lines,
+            delivered: tx,
+        },
+        rx,
+    )
+}
+
+fn config(machine: MachineConfig) -> Config {
+    Config {
+        machine,
+        backoff: BackoffPolicy::default(),
+        ..Config::new(Url::parse("ws://memory.test/").unwrap())
+    }
+}
+
+fn supervisor(machine: MachineConfig) -> (Supervisor, watch::Sender<Option<Sig>>) {
+    let (signal_tx, signal_rx): (_, SignalWatch) = watch::channel(None);
+    let supervisor = Supervisor::new(config(machine))
+        .jitter(Jitter::seeded(5))
+        .signals(signal_rx);
+    (supervisor, signal_tx)
+}
+
+/// Waits for the supervisor, at most an hour of virtual time: a test that goes wrong
+/// fails instead of reconnecting forever at the speed of paused time.
+async fn bounded(run: tokio::task::JoinHandle<Outcome>) -> Outcome {
+    tokio::time::timeout(Duration::from_secs(3600), run)
+        .await
+        .expect("the supervisor ends within an hour of virtual time")
+        .unwrap()
+}
+
+fn refused() -> Option<Failure> {
+    Some(Failure::Network {
+        kind: NetworkKind::Refused,
+        detail: String::new(),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_half_open_connection_is_declared_dead_after_ping_interval_plus_pong_timeout() {
+    let (dialer, mut servers) = MemoryDialer::new(vec![None]);
+    let (supervisor, _signals) = supervisor(MachineConfig {
+        max_retries: Some(0),
+        ..MachineConfig::default()
+    });
+    let (session, _delivered) = probe(vec![]);
+    let started = Instant::now();
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer, session));
+    // The server end is held and never read: no pong ever comes back.
+    let _silent = servers.recv().await.unwrap();
+    let outcome = bounded(run).await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(
+            outcome,
+            Outcome::RetriesExhausted {
+                failure: Failure::Liveness,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    // Default ping 20 s + pong timeout 20 s: dead at 40 s, not before, not much after.
+    assert!(elapsed >= Duration::from_secs(40), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(40_050), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn pongs_keep_an_idle_connection_alive_for_as_long_as_it_takes() {
+    let (dialer, mut servers) = MemoryDialer::new(vec![None]);
+    let (supervisor, signals) = supervisor(MachineConfig::default());
+    let (session, _delivered) = probe(vec![]);
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), session));
+    let mut server = servers.recv().await.unwrap();
+    // Reading makes tungstenite answer each ping with a pong.
+    let pings = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut pings = 0;
+        while let Some(Ok(message)) = server.next().await {
+            if message.is_ping() {
+                pings += 1;
+            }
+        }
+        pings
+    });
+    tokio::time::sleep(Duration::from_secs(600)).await; // virtual: ten idle minutes
+    signals.send_replace(Some(Sig::Terminate));
+    assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
+    assert_eq!(dialer.dial_times().len(), 1, "never redialed");
+    let pings = pings.await.unwrap();
+    assert!((29..=31).contains(&pings), "one ping per 20 s: {pings}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_delays_the_next_dial_and_queued_lines_go_out_in_order() {
+    let unavailable = Some(Failure::Http {
+        status: 503,
+        retry_after: Some(Duration::from_secs(7)),
+    });
+    let (dialer, mut servers) = MemoryDialer::new(vec![unavailable, None]);
+    let (supervisor, _signals) = supervisor(MachineConfig::default());
+    let (session, _delivered) = probe(vec!["one", "two", "three"]);
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), session));
+    let mut server = servers.recv().await.unwrap();
+    use futures_util::StreamExt;
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        match server.next().await.unwrap().unwrap() {
+            Message::Text(text) => received.push(text.to_string()),
+            _ => continue,
+        }
+    }
+    assert_eq!(received, ["one", "two", "three"]);
+    server
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(bounded(run).await, Outcome::Done);
+    let dials = dialer.dial_times();
+    let gap = dials[1] - dials[0];
+    // At least Retry-After; the jitter window at attempt 1 (500 ms) is below it.
+    assert!(gap >= Duration::from_secs(7), "{gap:?}");
+    assert!(gap < Duration::from_millis(7_010), "{gap:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_delays_stay_in_their_full_jitter_windows() {
+    let (dialer, _servers) = MemoryDialer::new(vec![refused()]);
+    let (supervisor, _signals) = supervisor(MachineConfig {
+        max_retries: Some(6),
+        ..MachineConfig::default()
+    });
+    let (session, _delivered) = probe(vec![]);
+    let outcome = bounded(tokio::spawn(
+        supervisor.run_with_dialer(dialer.clone(), session),
+    ))
+    .await;
+    assert!(matches!(
+        outcome,
+        Outcome::RetriesExhausted { retries: 6, .. }
+    ));
+    let dials = dialer.dial_times();
+    assert_eq!(dials.len(), 7, "N + 1 attempts");
+    let policy = BackoffPolicy::default();
+    for (retry, pair) in dials.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let ceiling = policy.ceiling(retry as u32 + 1);
+        assert!(
+            gap <= ceiling + Duration::from_millis(2),
+            "retry {retry}: {gap:?} > {ceiling:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_during_a_long_backoff_ends_the_session_at_once() {
+    let (dialer, _servers) = MemoryDialer::new(vec![refused()]);
+    let (supervisor, signals) = supervisor(MachineConfig::default());
+    let supervisor = Supervisor::jitter(supervisor, Jitter::seeded(1));
+    let (session, _delivered) = probe(vec![]);
+    let started = Instant::now();
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), session));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signals.send_replace(Some(Sig::Interrupt));
+    assert_eq!(bounded(run).await, Outcome::Signal(Sig::Interrupt));
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn delivered_messages_reach_the_session_in_order() {
+    let (dialer, mut servers) = MemoryDialer::new(vec![None]);
+    let (supervisor, signals) = supervisor(MachineConfig::default());
+    let (session, mut delivered) = probe(vec![]);
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer, session));
+    let mut server = servers.recv().await.unwrap();
+    use futures_util::SinkExt;
+    for i in 0..500 {
+        server.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for i in 0..500 {
+        assert_eq!(
+            delivered.recv().await.unwrap(),
+            Message::text(format!("m{i}"))
+        );
+    }
+    signals.send_replace(Some(Sig::Terminate));
+    assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
+}
