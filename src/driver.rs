@@ -18,8 +18,6 @@ use crate::machine::{
 };
 use crate::session::{self, LinkEnds, Session};
 use crate::transport::{failure_from_ws_error, Transport, TransportConfig, WsStream};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
 use futures_util::{Sink, Stream};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -27,10 +25,12 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use url::Url;
 
 /// After a write or ping fails, keep reading this long for the server's real close frame.
