@@ -272,6 +272,22 @@ impl fmt::Display for Failure {
 }
 
 impl Failure {
+    /// The failure a received close frame stands for; a close without a status is 1005.
+    pub fn from_close_frame(
+        frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+    ) -> Failure {
+        match frame {
+            Some(frame) => Failure::Close {
+                code: frame.code.into(),
+                reason: frame.reason.to_string(),
+            },
+            None => Failure::Close {
+                code: 1005,
+                reason: String::new(),
+            },
+        }
+    }
+
     /// The server's own words, if it sent any: used by notices to name what is missing.
     pub fn server_reason(&self) -> Option<&str> {
         match self {

@@ -381,6 +381,14 @@ impl<D: Dialer> Driver<D> {
                         }
                     }
                 }
+                // The session dropped its inbound receiver (stdout closed, its task
+                // ended): wind down once connected, like a local EOF. Checked only while
+                // connected and not closing, so a session that vanished while offline is
+                // noticed as soon as there is a connection to close.
+                () = self.ends.inbound.closed(), if !self.session_gone && self.machine_accepts_outbound() => {
+                    self.session_gone = true;
+                    Event::LocalEof
+                }
                 kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
             };
             self.feed(event);
@@ -619,7 +627,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if read || self.drain.is_some() {
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(Message::Close(frame)))) => {
-                    return Poll::Ready(ConnEvent::Closed(close_failure(frame)));
+                    return Poll::Ready(ConnEvent::Closed(Failure::from_close_frame(
+                        frame.as_ref(),
+                    )));
                 }
                 Poll::Ready(Some(Ok(message))) => return Poll::Ready(ConnEvent::Frame(message)),
                 Poll::Ready(Some(Err(error))) => {
@@ -688,19 +698,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             })
             .await;
         });
-    }
-}
-
-fn close_failure(frame: Option<CloseFrame>) -> Failure {
-    match frame {
-        Some(frame) => Failure::Close {
-            code: frame.code.into(),
-            reason: frame.reason.to_string(),
-        },
-        None => Failure::Close {
-            code: 1005,
-            reason: String::new(),
-        },
     }
 }
 

@@ -390,16 +390,7 @@ impl Core {
                         Handled
                     }
                     Message::Close(frame) => {
-                        let failure = match frame {
-                            Some(frame) => Failure::Close {
-                                code: frame.code.into(),
-                                reason: frame.reason.to_string(),
-                            },
-                            None => Failure::Close {
-                                code: 1005,
-                                reason: String::new(),
-                            },
-                        };
+                        let failure = Failure::from_close_frame(frame.as_ref());
                         Transition(self.after_disconnect(context, failure, *closing, *guards))
                     }
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Handled,

@@ -303,3 +303,44 @@ async fn delivered_messages_reach_the_session_in_order() {
     signals.send_replace(Some(Sig::Terminate));
     assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
 }
+
+/// Stops reading at once but keeps its outbound side open, like `wsup connect` whose
+/// stdout was closed while stdin is still open.
+struct StopsReading;
+
+impl Session for StopsReading {
+    async fn run(self, link: Link) {
+        let Link {
+            inbound, outbound, ..
+        } = link;
+        drop(inbound);
+        let _still_open = outbound;
+        std::future::pending::<()>().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_stopped_reading_while_offline_is_noticed_once_connected() {
+    let (dialer, mut servers) = MemoryDialer::new(vec![refused(), None]);
+    let (supervisor, _signals) = supervisor(MachineConfig::default());
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), StopsReading));
+    let mut server = servers.recv().await.unwrap();
+    use futures_util::StreamExt;
+    // The client closes with 1000 on its own; reading answers the close.
+    let wait_for_close = async {
+        loop {
+            match server.next().await {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let close = tokio::time::timeout(Duration::from_secs(3600), wait_for_close)
+        .await
+        .expect("the client closes within an hour of virtual time");
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1000));
+    while server.next().await.is_some() {}
+    assert_eq!(bounded(run).await, Outcome::Done);
+    assert_eq!(dialer.dial_times().len(), 2);
+}
