@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
@@ -557,9 +557,10 @@ enum ConnEvent {
     OutboundEnded,
 }
 
-/// Rounds of "take up to the queue bound, flush" in one `poll_io`, so that a session that
-/// keeps the channel full cannot keep the driver from reading or seeing a signal.
-const OUTBOUND_ROUNDS_PER_POLL: usize = 4;
+/// Rounds of "take up to the queue bound, hand it to the websocket" in one `poll_io`, so
+/// that a session that keeps the channel full cannot keep the driver from reading or
+/// seeing a signal.
+const OUTBOUND_ROUNDS_PER_POLL: usize = 8;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     fn new(ws: WebSocketStream<S>) -> Self {
@@ -602,27 +603,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     }
                 }
             }
-            match self.poll_flush_queue(cx) {
-                Poll::Ready(Err(error)) => {
-                    self.drain = Some((
-                        failure_from_ws_error(error),
-                        Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_ERROR)),
-                    ));
-                }
-                // Everything is written and the queue was full: the session may have more,
-                // and nothing would wake us for it.
+            // Hand the queue to the websocket, which writes to the socket whenever its
+            // buffer passes `write_buffer_size`; flush only once the session has nothing
+            // more right now, so a burst of small messages costs a few syscalls, not one
+            // per message.
+            let sent = match self.poll_send_queue(cx) {
                 Poll::Ready(Ok(())) if !channel_waits => {
+                    // The queue was full: the session may have more, and nothing would
+                    // wake us for it.
                     rounds += 1;
-                    if rounds == OUTBOUND_ROUNDS_PER_POLL {
-                        // Come back after the other arms had their turn.
-                        cx.waker().wake_by_ref();
-                        break;
+                    if rounds < OUTBOUND_ROUNDS_PER_POLL {
+                        continue;
                     }
+                    // Come back after the other arms had their turn.
+                    cx.waker().wake_by_ref();
+                    self.poll_flush(cx)
                 }
-                // Written, and the channel's waker is registered; or the socket is full,
-                // and its waker is registered.
-                Poll::Ready(Ok(())) | Poll::Pending => break,
+                Poll::Ready(Ok(())) => self.poll_flush(cx),
+                // The socket is full; its waker is registered.
+                other => other,
+            };
+            if let Poll::Ready(Err(error)) = sent {
+                self.drain = Some((
+                    failure_from_ws_error(error),
+                    Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_ERROR)),
+                ));
             }
+            break;
         }
         if read || self.drain.is_some() {
             match Pin::new(&mut self.ws).poll_next(cx) {
@@ -665,6 +672,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+        match self.poll_send_queue(cx) {
+            Poll::Ready(Ok(())) => self.poll_flush(cx),
+            other => other,
+        }
+    }
+
+    /// Ready(Ok) once everything queued is in the websocket's write buffer (parts of it
+    /// may already be on the socket).
+    fn poll_send_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
         let mut ws = Pin::new(&mut self.ws);
         while !self.queue.is_empty() {
             match ws.as_mut().poll_ready(cx) {
@@ -677,11 +696,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ready(Ok) once what the websocket buffered is on the socket.
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
         if self.needs_flush {
-            match ws.poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.needs_flush = false,
-                other => return other,
-            }
+            ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
+            self.needs_flush = false;
         }
         Poll::Ready(Ok(()))
     }
