@@ -1263,7 +1263,7 @@ fn bench_rate(settings: &Settings, rt: &tokio::runtime::Runtime, report: &mut Re
         report.row(
             "rate",
             format!(
-                "{}, supervisor in `block_on` (the `wsup` binary's shape): round trips/s; one-way msgs/s",
+                "{}, supervisor polled in `block_on` (for reference): round trips/s; one-way msgs/s",
                 size_name(size)
             ),
             format!(
