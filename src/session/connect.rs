@@ -159,7 +159,10 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let reader = tokio::spawn(send_lines(std::io::Cursor::new(input), tx));
         let first = rx.recv().await.unwrap();
-        tokio::task::yield_now().await;
+        // Single-threaded test runtime: give the reader every chance to run ahead.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
         assert!(rx.try_recv().is_err(), "second line read past the budget");
         drop(first);
         let second = rx.recv().await.unwrap();
