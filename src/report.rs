@@ -138,8 +138,13 @@ fn missing_right(reason: &str) -> Option<String> {
     (!right.is_empty()).then(|| crate::classify::escape_untrusted(right))
 }
 
+/// "1.2 s"; short delays in milliseconds, so that 30 ms does not read as "0.0 s".
 fn seconds(d: Duration) -> String {
-    format!("{:.1} s", d.as_secs_f64())
+    if d < Duration::from_millis(100) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +202,13 @@ mod tests {
         )
         .unwrap();
         assert!(line.contains("$API_TOKEN"), "{line}");
+    }
+
+    #[test]
+    fn short_delays_are_shown_in_milliseconds() {
+        assert_eq!(seconds(Duration::from_millis(37)), "37 ms");
+        assert_eq!(seconds(Duration::from_millis(100)), "0.1 s");
+        assert_eq!(seconds(Duration::from_secs(300)), "300.0 s");
     }
 
     #[test]
