@@ -373,3 +373,71 @@ async fn piped_input_works_without_a_terminal() {
     done.assert_code(0)
         .assert_stdout("[tty unknown]\r\n$ one\r\nyou typed: one\r\n$ two^C\r\n$ ");
 }
+
+/// The same protocol against the independent server of `tests/support` (an echo server
+/// that records what it receives), so the frames are checked on the wire, not through
+/// wsup's own fake shell.
+#[tokio::test]
+async fn frames_on_the_wire_against_an_independent_server() {
+    let server = support::Server::always(support::Behaviour::Echo).await;
+    let url = server.url();
+    let (mut wsup, settings_before) = PtyWsup::spawn(&["shell", &url], 90, 20);
+    let connection = server
+        .wait_for("the upgrade", |connections| {
+            connections.first().filter(|c| c.upgraded).cloned()
+        })
+        .await;
+    let query = connection.query.clone().unwrap_or_default();
+    assert!(
+        query.contains("tty_width=90") && query.contains("tty_height=20"),
+        "{query}"
+    );
+
+    // Keys go out raw, as binary frames; the echo comes back to the screen.
+    wsup.type_keys(b"ls -l\r");
+    wsup.wait_for("ls -l").await;
+    // Ctrl+C while connected: a binary frame holding the single byte 0x03.
+    wsup.type_keys(b"\x03");
+    server
+        .wait_for("the Ctrl+C frame", |connections| {
+            connections[0]
+                .binaries
+                .iter()
+                .any(|b| b.as_slice() == [0x03])
+                .then_some(())
+        })
+        .await;
+    assert!(wsup.still_running(), "Ctrl+C while connected must not quit");
+    let typed: Vec<u8> = server.connections()[0]
+        .binaries
+        .iter()
+        .flatten()
+        .copied()
+        .collect();
+    assert_eq!(
+        typed, b"ls -l\r\x03",
+        "the server received the keys as typed"
+    );
+
+    // A resize: a JSON text frame with the new size.
+    wsup.pty.resize(132, 43);
+    server
+        .wait_for("the resize frame", |connections| {
+            connections[0]
+                .texts
+                .iter()
+                .any(|t| t == r#"{"type":"resize","cols":132,"rows":43}"#)
+                .then_some(())
+        })
+        .await;
+
+    support::send_signal(wsup.child.id().expect("running"), "INT");
+    let Ended {
+        status,
+        screen,
+        settings,
+    } = wsup.finish().await;
+    assert_exit(status, 130, &screen);
+    assert_eq!(server.wait_client_close(0).await.0, 1001);
+    assert_eq!(settings, settings_before, "terminal settings changed");
+}

@@ -53,7 +53,9 @@ pub fn size_query(cols: u16, rows: u16) -> Vec<(String, String)> {
 
 /// The text frame sent when the terminal is resized.
 pub fn resize_message(cols: u16, rows: u16) -> Message {
-    Message::text(serde_json::json!({"type": "resize", "cols": cols, "rows": rows}).to_string())
+    // Written by hand to keep the documented key order (`json!` sorts its keys), for
+    // servers that match the frame as text.
+    Message::text(format!(r#"{{"type":"resize","cols":{cols},"rows":{rows}}}"#))
 }
 
 /// The current size of the controlling terminal, `(cols, rows)`, when stdin or stdout is
@@ -478,7 +480,7 @@ mod tests {
     fn resize_frame_and_size_query() {
         assert_eq!(
             resize_message(120, 40),
-            Message::text(r#"{"cols":120,"rows":40,"type":"resize"}"#)
+            Message::text(r#"{"type":"resize","cols":120,"rows":40}"#)
         );
         let Message::Text(text) = resize_message(80, 24) else {
             panic!("a text frame")
