@@ -55,7 +55,9 @@ pub fn size_query(cols: u16, rows: u16) -> Vec<(String, String)> {
 pub fn resize_message(cols: u16, rows: u16) -> Message {
     // Written by hand to keep the documented key order (`json!` sorts its keys), for
     // servers that match the frame as text.
-    Message::text(format!(r#"{{"type":"resize","cols":{cols},"rows":{rows}}}"#))
+    Message::text(format!(
+        r#"{{"type":"resize","cols":{cols},"rows":{rows}}}"#
+    ))
 }
 
 /// The current size of the controlling terminal, `(cols, rows)`, when stdin or stdout is
