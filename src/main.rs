@@ -25,13 +25,10 @@ fn main() {
     };
     init_logging(&cli.common, matches!(cli.command, Command::Demo));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    // A supervised session is I/O-bound: with one worker, the driver and its session hand
-    // frames over on the same thread instead of waking each other across cores
-    // (downstream port-forward measured 1.19× faster in benches/e2e.rs). `serve` keeps
-    // a worker per core for its many connections; TOKIO_WORKER_THREADS still wins.
-    if !matches!(cli.command, Command::Serve(_))
-        && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
-    {
+    // wsup is I/O-bound: with one worker, the driver and its session hand frames over on
+    // the same thread instead of waking each other across cores (downstream port-forward
+    // measured 1.19× faster in benches/e2e.rs). TOKIO_WORKER_THREADS still wins.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);
     }
     let runtime = match builder.enable_all().build() {
