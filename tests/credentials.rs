@@ -453,6 +453,18 @@ async fn run_wsup(args: &[&str], envs: &[(&str, &str)], input: Input<'_>) -> std
     }
 }
 
+/// `wsup connect` to the scripted server with a credentials file.
+async fn connect_with_credentials(
+    server: &serve::ServerHandle,
+    path: &std::path::Path,
+    envs: &[(&str, &str)],
+    input: Input<'_>,
+) -> std::process::Output {
+    let url = server.ws_url();
+    let args = ["connect", &url, "--credentials", path.to_str().unwrap()];
+    run_wsup(&args, envs, input).await
+}
+
 async fn scripted_server(script: &str, require_token: &str) -> serve::ServerHandle {
     let options = ServeOptions {
         require_token: Some(require_token.into()),
@@ -474,13 +486,9 @@ async fn cli_refreshes_once_on_1008_and_never_logs_a_token_even_at_trace() {
             &server.token_url(),
         ),
     );
-    let out = run_wsup(
-        &[
-            "connect",
-            &server.ws_url(),
-            "--credentials",
-            path.to_str().unwrap(),
-        ],
+    let out = connect_with_credentials(
+        &server,
+        &path,
         &[("WSUP_LOG", "trace")],
         Input::AfterReconnect(b"after refresh\n"),
     )
@@ -508,17 +516,7 @@ async fn cli_a_server_that_always_closes_1008_gets_exactly_one_refresh() {
         &dir,
         &creds_json("A0", "2099-01-01T00:00:00Z", "R0", &server.token_url()),
     );
-    let out = run_wsup(
-        &[
-            "connect",
-            &server.ws_url(),
-            "--credentials",
-            path.to_str().unwrap(),
-        ],
-        &[],
-        Input::Open,
-    )
-    .await;
+    let out = connect_with_credentials(&server, &path, &[], Input::Open).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert_eq!(server.stats().token_requests, 1);
@@ -540,17 +538,7 @@ async fn cli_proactive_refresh_before_dialing_an_expiring_token() {
             &server.token_url(),
         ),
     );
-    let out = run_wsup(
-        &[
-            "connect",
-            &server.ws_url(),
-            "--credentials",
-            path.to_str().unwrap(),
-        ],
-        &[],
-        Input::Eof(b"x\n"),
-    )
-    .await;
+    let out = connect_with_credentials(&server, &path, &[], Input::Eof(b"x\n")).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -570,17 +558,7 @@ async fn cli_invalid_grant_stops_with_77_and_leaves_the_file_alone() {
     // `wsup serve` answers the refresh token `revoked` with 400 invalid_grant.
     let content = creds_json("A0", "2099-01-01T00:00:00Z", "revoked", &server.token_url());
     let path = write_file(&dir, &content);
-    let out = run_wsup(
-        &[
-            "connect",
-            &server.ws_url(),
-            "--credentials",
-            path.to_str().unwrap(),
-        ],
-        &[],
-        Input::Open,
-    )
-    .await;
+    let out = connect_with_credentials(&server, &path, &[], Input::Open).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.contains("log in again"), "{stderr}");
