@@ -30,6 +30,12 @@ use tokio_tungstenite::tungstenite::Message;
 pub trait Session: Send + 'static {
     /// Runs for the life of the supervisor, as its own task. It should return soon
     /// after [`Link::recv`] returns `None` (the supervisor has stopped).
+    ///
+    /// The supervisor calls `run` before its first dial and spawns the future right
+    /// after, so the first dial may come before the future is first polled. Setup the
+    /// first dial depends on (such as [`Link::dial_query`]) belongs in `run`'s body
+    /// before it returns the future, not inside it: `wsup shell` sets the terminal size
+    /// that way.
     fn run(self, link: Link) -> impl Future<Output = ()> + Send + 'static;
 }
 
