@@ -13,7 +13,7 @@ use wsup::session::connect::ConnectSession;
 use wsup::session::forward::Forwarder;
 use wsup::session::logs::LogsSession;
 use wsup::session::shell::{self, ShellSession, TerminalStderr};
-use wsup::Supervisor;
+use wsup::{Session, Supervisor};
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_INTERNAL: u8 = 1;
@@ -77,25 +77,19 @@ async fn run(cli: Cli) -> u8 {
     let common = cli.common;
     match cli.command {
         Command::Connect { url } => {
-            let prepared = match common.prepare(&url) {
-                Ok(p) => p,
-                Err(e) => return usage_error(e),
-            };
-            let kind = credential_kind(&common);
-            let outcome = Supervisor::new(prepared.config)
-                .credentials(prepared.credentials)
-                .on_notice(notice_printer(&common))
-                .signals(process_signals())
-                .run(ConnectSession::stdio())
-                .await;
-            finish(&outcome, &kind)
+            match supervise(
+                &common,
+                &url,
+                notice_printer(&common),
+                ConnectSession::stdio,
+            )
+            .await
+            {
+                Ok(outcome) => finish(&outcome, &credential_kind(&common)),
+                Err(code) => code,
+            }
         }
         Command::Shell { url } => {
-            let prepared = match common.prepare(&url) {
-                Ok(p) => p,
-                Err(e) => return usage_error(e),
-            };
-            let kind = credential_kind(&common);
             let quiet = common.quiet;
             // In raw mode "\n" does not return the carriage: notices end with "\r\n".
             let notices: NoticeSink = Arc::new(move |notice| {
@@ -104,40 +98,31 @@ async fn run(cli: Cli) -> u8 {
                     let _ = std::io::stderr().write_all(shell::terminal_line(&line).as_bytes());
                 }
             });
-            let outcome = Supervisor::new(prepared.config)
-                .credentials(prepared.credentials)
-                .on_notice(notices)
-                .signals(process_signals())
-                .run(ShellSession::stdio())
-                .await;
+            let outcome = match supervise(&common, &url, notices, ShellSession::stdio).await {
+                Ok(outcome) => outcome,
+                Err(code) => return code,
+            };
             // The session leaves raw mode when it ends; this covers a session that did not
             // end within the supervisor's exit budget. Either way, before the exit.
             shell::restore_terminal();
-            if let Some(line) = report::outcome_line(&outcome, &kind) {
+            if let Some(line) = report::outcome_line(&outcome, &credential_kind(&common)) {
                 let line = shell::terminal_line(&format!("wsup: {line}"));
                 let _ = std::io::stderr().write_all(line.as_bytes());
             }
             outcome.exit_code()
         }
         Command::Logs { url, raw } => {
-            let prepared = match common.prepare(&url) {
-                Ok(p) => p,
-                Err(e) => return usage_error(e),
-            };
-            let kind = credential_kind(&common);
             let quiet = common.quiet;
             let warnings = Arc::new(move |warning: &str| {
                 if !quiet {
                     eprint_line(&format!("wsup: warning: {warning}"));
                 }
             });
-            let outcome = Supervisor::new(prepared.config)
-                .credentials(prepared.credentials)
-                .on_notice(notice_printer(&common))
-                .signals(process_signals())
-                .run(LogsSession::stdio(raw, warnings))
-                .await;
-            finish(&outcome, &kind)
+            let session = || LogsSession::stdio(raw, warnings);
+            match supervise(&common, &url, notice_printer(&common), session).await {
+                Ok(outcome) => finish(&outcome, &credential_kind(&common)),
+                Err(code) => code,
+            }
         }
         Command::PortForward { url, listen } => port_forward(&common, &url, &listen).await,
         Command::Serve(args) => serve(args).await,
@@ -157,6 +142,24 @@ async fn run(cli: Cli) -> u8 {
             }
         }
     }
+}
+
+/// Validates the common flags for `url` (a usage error is `Err(2)`, printed), then
+/// supervises the session until it ends. The session is built only once the flags are
+/// known to be good.
+async fn supervise<S: Session>(
+    common: &CommonArgs,
+    url: &str,
+    notices: NoticeSink,
+    session: impl FnOnce() -> S,
+) -> Result<Outcome, u8> {
+    let prepared = common.prepare(url).map_err(usage_error)?;
+    Ok(Supervisor::new(prepared.config)
+        .credentials(prepared.credentials)
+        .on_notice(notices)
+        .signals(process_signals())
+        .run(session())
+        .await)
 }
 
 fn usage_error(e: impl std::fmt::Display) -> u8 {
