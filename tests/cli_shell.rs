@@ -193,6 +193,23 @@ impl PtyWsup {
     }
 }
 
+impl PtyWsup {
+    /// Waits for the exit and checks what every run must leave behind: exit `code`, no
+    /// bare "\n" on the raw terminal, the terminal settings as they were. Returns the
+    /// screen for the test's own checks.
+    async fn finish_restored(self, code: i32, settings_before: &str) -> String {
+        let Ended {
+            status,
+            screen,
+            settings,
+        } = self.finish().await;
+        assert_exit(status, code, &screen);
+        assert_no_bare_newline(&screen);
+        assert_eq!(settings, settings_before, "terminal settings changed");
+        screen
+    }
+}
+
 /// Everything the terminal receives, collected by a thread reading the master. The read
 /// ends (EIO) once every slave descriptor is closed and what they wrote was read.
 fn read_screen(master: OwnedFd) -> watch::Receiver<Screen> {
@@ -283,20 +300,13 @@ async fn typing_ctrl_c_and_resize_while_connected_then_sigterm_restores_the_term
     wsup.wait_for("you typed: still here\r\n$ ").await;
 
     support::send_signal(wsup.child.id().expect("running"), "TERM");
-    let Ended {
-        status,
-        screen,
-        settings,
-    } = wsup.finish().await;
-    assert_exit(status, 143, &screen);
+    let screen = wsup.finish_restored(143, &settings_before).await;
     assert!(screen.contains("terminated (SIGTERM)"), "{screen:?}");
     // The final line starts on a line of its own, not after the prompt.
     assert!(
         screen.contains("$ \r\nwsup: terminated (SIGTERM)\r\n"),
         "{screen:?}"
     );
-    assert_no_bare_newline(&screen);
-    assert_eq!(settings, settings_before, "terminal settings changed");
 }
 
 #[tokio::test]
@@ -314,18 +324,11 @@ async fn ctrl_c_while_reconnecting_exits_130_and_restores_the_terminal() {
     assert_raw(&wsup.pty);
 
     wsup.type_keys(b"\x03");
-    let Ended {
-        status,
-        screen,
-        settings,
-    } = wsup.finish().await;
-    assert_exit(status, 130, &screen);
+    let screen = wsup.finish_restored(130, &settings_before).await;
     assert!(
         screen.contains("interrupted (Ctrl+C while not connected)"),
         "{screen:?}"
     );
-    assert_no_bare_newline(&screen);
-    assert_eq!(settings, settings_before, "terminal settings changed");
 }
 
 #[tokio::test]
@@ -334,30 +337,16 @@ async fn exit_closes_normally_and_restores_the_terminal() {
     let (wsup, settings_before) = PtyWsup::spawn(&["shell", &url], 80, 24);
     wsup.wait_for("[tty 80x24]\r\n$ ").await;
     wsup.type_keys(b"exit\r");
-    let Ended {
-        status,
-        screen,
-        settings,
-    } = wsup.finish().await;
-    assert_exit(status, 0, &screen);
+    let screen = wsup.finish_restored(0, &settings_before).await;
     assert!(screen.contains("exit\r\nlogout\r\n"), "{screen:?}");
-    assert_no_bare_newline(&screen);
-    assert_eq!(settings, settings_before, "terminal settings changed");
 }
 
 #[tokio::test]
 async fn a_permanent_failure_exits_69_and_restores_the_terminal() {
     let (_server, url) = serve("http:404").await;
     let (wsup, settings_before) = PtyWsup::spawn(&["shell", &url], 80, 24);
-    let Ended {
-        status,
-        screen,
-        settings,
-    } = wsup.finish().await;
-    assert_exit(status, 69, &screen);
+    let screen = wsup.finish_restored(69, &settings_before).await;
     assert!(screen.contains("404"), "{screen:?}");
-    assert_no_bare_newline(&screen);
-    assert_eq!(settings, settings_before, "terminal settings changed");
 }
 
 #[tokio::test]
