@@ -68,6 +68,20 @@ struct Settings {
     signal_samples: usize,
     storm: usize,
     only: Option<Vec<String>>,
+    /// `WSUP_BENCH_TUNNELS`: comma-separated words; the forward section runs only the
+    /// tunnels whose name contains one of them (`direct`, `plain`, `websocat`, …).
+    tunnels: Option<Vec<String>>,
+    /// `WSUP_BENCH_DIRECTION=up` or `down`: the forward section in one direction only.
+    direction: Option<String>,
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    std::env::var(name).ok().map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -82,7 +96,8 @@ impl Settings {
         Settings {
             quick,
             forward_bytes: forward_mib << 20,
-            forward_reps: if quick { 1 } else { 3 },
+            forward_reps: env_u64("WSUP_BENCH_REPS")
+                .map_or(if quick { 1 } else { 3 }, |n| n as usize),
             rate_reps: if quick { 3 } else { 15 },
             rate_sizes: if quick {
                 vec![(64, 1_000, 10_000), (16 << 10, 500, 2_000)]
@@ -100,13 +115,21 @@ impl Settings {
             reconnect_samples: if quick { 5 } else { 20 },
             signal_samples: if quick { 1 } else { 3 },
             storm: env_u64("WSUP_BENCH_STORM").unwrap_or(if quick { 300 } else { 1_000 }) as usize,
-            only: std::env::var("WSUP_BENCH_ONLY").ok().map(|v| {
-                v.split(',')
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            }),
+            only: env_list("WSUP_BENCH_ONLY"),
+            tunnels: env_list("WSUP_BENCH_TUNNELS"),
+            direction: std::env::var("WSUP_BENCH_DIRECTION")
+                .ok()
+                .map(|d| d.trim().to_lowercase()),
         }
+    }
+
+    fn wants_tunnel(&self, tunnel: &Combo) -> bool {
+        let name = tunnel.name.to_lowercase();
+        let direction = format!("{:?}", tunnel.direction).to_lowercase();
+        self.tunnels
+            .as_ref()
+            .is_none_or(|words| words.iter().any(|w| name.contains(w.as_str())))
+            && self.direction.as_ref().is_none_or(|d| *d == direction)
     }
 
     fn wants(&self, section: &str) -> bool {
@@ -303,8 +326,14 @@ fn rss_bytes() -> u64 {
 }
 
 /// utime + stime of this process, from /proc/self/stat.
+/// CPU time (user + system) of this process.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    process_cpu_time("self")
+}
+
+/// CPU time (user + system) of a process, all its threads: `pid` is a number or `self`.
+fn process_cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some((_, after_comm)) = stat.rsplit_once(')') else {
         return Duration::ZERO;
     };
@@ -417,17 +446,7 @@ fn first_line(
 
 /// `wsup serve --script SCRIPT` on a free port: (process, ws address).
 fn spawn_wsup_serve(script: &str) -> (Proc, SocketAddr) {
-    spawn_wsup_serve_in(script, None)
-}
-
-/// `worker_threads`: `TOKIO_WORKER_THREADS` for the process (the runtime's default is
-/// one worker per core).
-fn spawn_wsup_serve_in(script: &str, worker_threads: Option<usize>) -> (Proc, SocketAddr) {
-    let mut command = wsup_command();
-    if let Some(n) = worker_threads {
-        command.env("TOKIO_WORKER_THREADS", n.to_string());
-    }
-    let mut child = command
+    let mut child = wsup_command()
         .args(["serve", "--listen", "127.0.0.1:0", "--script", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -445,12 +464,8 @@ fn spawn_wsup_serve_in(script: &str, worker_threads: Option<usize>) -> (Proc, So
 }
 
 /// `wsup port-forward ws://SERVER/ --listen 127.0.0.1:0`: (process, listen address).
-fn spawn_wsup_forward(server: SocketAddr, worker_threads: Option<usize>) -> (Proc, SocketAddr) {
-    let mut command = wsup_command();
-    if let Some(n) = worker_threads {
-        command.env("TOKIO_WORKER_THREADS", n.to_string());
-    }
-    let mut child = command
+fn spawn_wsup_forward(server: SocketAddr) -> (Proc, SocketAddr) {
+    let mut child = wsup_command()
         .args([
             "port-forward",
             &format!("ws://{server}/"),
@@ -573,6 +588,112 @@ fn spawn_websocat_client(websocat: &Path, server: SocketAddr) -> Option<(Proc, S
     ];
     let proc = spawn_websocat(websocat, &args, port)?;
     Some((proc, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+// ------------------------------------------------------- a plain tokio-tungstenite tunnel
+
+/// The reference tunnel the issue names: what a developer writes with tokio-tungstenite
+/// and nothing else (default settings, `split()`, one task per direction, no supervision).
+/// It runs as a child process of the bench on a one-worker runtime, like the `wsup`
+/// binary: `plain-client WS_ADDR` listens on TCP and dials `ws://WS_ADDR/`;
+/// `plain-server FAR_ADDR` accepts websockets and connects each to `FAR_ADDR`. It prints
+/// `LISTEN host:port` on stdout.
+fn plain_tunnel_child(spec: &str) {
+    let parts: Vec<&str> = spec.split_whitespace().collect();
+    let (role, target) = (parts[0].to_owned(), parts[1].to_owned());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("LISTEN {}", listener.local_addr().expect("addr"));
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let role = role.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                if role == "plain-client" {
+                    let Ok((ws, _)) =
+                        tokio_tungstenite::connect_async(format!("ws://{target}/")).await
+                    else {
+                        return;
+                    };
+                    plain_pipe(ws, tcp).await;
+                } else {
+                    let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    let Ok(far) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let _ = far.set_nodelay(true);
+                    plain_pipe(ws, far).await;
+                }
+            });
+        }
+    });
+}
+
+async fn plain_pipe(
+    ws: tokio_tungstenite::WebSocketStream<
+        impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    >,
+    tcp: tokio::net::TcpStream,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut sink, mut stream) = ws.split();
+    let (mut tcp_read, mut tcp_write) = tcp.into_split();
+    let up = tokio::spawn(async move {
+        let mut buffer = bytes::BytesMut::with_capacity(CHUNK);
+        loop {
+            buffer.reserve(CHUNK);
+            match tcp_read.read_buf(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let frame = Message::Binary(buffer.split().freeze());
+                    if sink.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    while let Some(Ok(message)) = stream.next().await {
+        if let Message::Binary(bytes) = message {
+            if tcp_write.write_all(&bytes).await.is_err() {
+                break;
+            }
+        } else if message.is_close() {
+            break;
+        }
+    }
+    let _ = tcp_write.shutdown().await;
+    up.abort();
+}
+
+fn spawn_plain(role: &str, target: SocketAddr) -> Option<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe().ok()?;
+    let mut child = Command::new(exe)
+        .env("WSUP_BENCH_CHILD", format!("{role} {target}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let proc = Proc { child };
+    let addr = first_line(stdout, |l| {
+        l.trim().strip_prefix("LISTEN ").map(str::to_owned)
+    })?;
+    Some((proc, addr.parse().ok()?))
 }
 
 // ------------------------------------------------------------------ (a) port-forward
@@ -707,10 +828,12 @@ fn transfer(
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Side {
+    /// `wsup port-forward` (client side) or `wsup serve --script forward:` (server side).
     Wsup,
-    /// The `wsup` binary with one runtime worker (`TOKIO_WORKER_THREADS=1`).
-    WsupOneWorker,
+    /// `websocat -b tcp-l:… ws://…` or `websocat -b ws-l:… tcp:…`.
     Websocat,
+    /// [`plain_tunnel_child`]: tokio-tungstenite and nothing else.
+    Plain,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -729,16 +852,15 @@ fn tunnel_run(
     direction: Direction,
     websocat: Option<&Path>,
     total: u64,
-) -> Result<f64, String> {
+) -> Result<TunnelRun, String> {
     let far = FarEnd::start(direction, total);
     let mut procs = Vec::new();
     let entry = match (client, server) {
         (None, None) => far.addr,
         (Some(client), Some(server)) => {
             let ws = match server {
-                Side::Wsup | Side::WsupOneWorker => {
-                    let threads = (server == Side::WsupOneWorker).then_some(1);
-                    let (p, addr) = spawn_wsup_serve_in(&format!("forward:{}", far.addr), threads);
+                Side::Wsup => {
+                    let (p, addr) = spawn_wsup_serve(&format!("forward:{}", far.addr));
                     procs.push(p);
                     addr
                 }
@@ -748,11 +870,16 @@ fn tunnel_run(
                     procs.push(p);
                     addr
                 }
+                Side::Plain => {
+                    let (p, addr) = spawn_plain("plain-server", far.addr)
+                        .ok_or("the plain tunnel server did not start")?;
+                    procs.push(p);
+                    addr
+                }
             };
             match client {
-                Side::Wsup | Side::WsupOneWorker => {
-                    let threads = (client == Side::WsupOneWorker).then_some(1);
-                    let (p, addr) = spawn_wsup_forward(ws, threads);
+                Side::Wsup => {
+                    let (p, addr) = spawn_wsup_forward(ws);
                     procs.push(p);
                     addr
                 }
@@ -762,13 +889,38 @@ fn tunnel_run(
                     procs.push(p);
                     addr
                 }
+                Side::Plain => {
+                    let (p, addr) = spawn_plain("plain-client", ws)
+                        .ok_or("the plain tunnel client did not start")?;
+                    procs.push(p);
+                    addr
+                }
             }
         }
         _ => unreachable!("a tunnel has both sides"),
     };
+    let tunnel_cpu = || -> Duration {
+        procs
+            .iter()
+            .map(|p| process_cpu_time(&p.child.id().to_string()))
+            .sum()
+    };
+    let cpu_before = tunnel_cpu();
     let took = transfer(entry, direction, total, &far)?;
+    let cpu = tunnel_cpu().saturating_sub(cpu_before);
     drop(procs);
-    Ok(total as f64 / MIB / took.as_secs_f64())
+    Ok(TunnelRun {
+        mib_s: total as f64 / MIB / took.as_secs_f64(),
+        cpu_ms_per_gib: ms(cpu) * (1u64 << 30) as f64 / total as f64,
+    })
+}
+
+/// One transfer through a tunnel: its rate, and the CPU time its processes spent
+/// (both sides; none for direct TCP) per GiB moved.
+#[derive(Clone, Copy, Debug)]
+struct TunnelRun {
+    mib_s: f64,
+    cpu_ms_per_gib: f64,
 }
 
 struct Combo {
@@ -778,6 +930,37 @@ struct Combo {
     server: Option<Side>,
 }
 
+/// The tunnels of the forward section, in both directions: (name, client side, server
+/// side); `None` for both is direct TCP.
+const TUNNELS: [(&str, Option<Side>, Option<Side>); 6] = [
+    ("direct TCP", None, None),
+    (
+        "wsup port-forward → wsup serve",
+        Some(Side::Wsup),
+        Some(Side::Wsup),
+    ),
+    (
+        "websocat → websocat",
+        Some(Side::Websocat),
+        Some(Side::Websocat),
+    ),
+    (
+        "plain tokio-tungstenite pair",
+        Some(Side::Plain),
+        Some(Side::Plain),
+    ),
+    (
+        "wsup port-forward → websocat",
+        Some(Side::Wsup),
+        Some(Side::Websocat),
+    ),
+    (
+        "websocat → wsup serve",
+        Some(Side::Websocat),
+        Some(Side::Wsup),
+    ),
+];
+
 fn bench_forward(
     settings: &Settings,
     report: &mut Report,
@@ -785,103 +968,73 @@ fn bench_forward(
 ) {
     let total = settings.forward_bytes;
     let ws = websocat.as_ref().ok().map(|(p, _)| p.as_path());
-    let (w, s, w1) = (
-        Some(Side::Wsup),
-        Some(Side::Websocat),
-        Some(Side::WsupOneWorker),
-    );
-    let mut combos = Vec::new();
-    for direction in [Direction::Up, Direction::Down] {
-        combos.push(Combo {
-            name: "direct TCP",
-            direction,
-            client: None,
-            server: None,
-        });
-        combos.push(Combo {
-            name: "wsup port-forward → wsup serve",
-            direction,
-            client: w,
-            server: w,
-        });
-        combos.push(Combo {
-            name: "websocat → websocat",
-            direction,
-            client: s,
-            server: s,
-        });
-        combos.push(Combo {
-            name: "wsup port-forward → websocat",
-            direction,
-            client: w,
-            server: s,
-        });
-        if direction == Direction::Up {
-            combos.push(Combo {
-                name: "websocat → wsup serve",
+    let (w, s, p) = (Some(Side::Wsup), Some(Side::Websocat), Some(Side::Plain));
+    let combos: Vec<Combo> = [Direction::Up, Direction::Down]
+        .into_iter()
+        .flat_map(|direction| {
+            TUNNELS.iter().map(move |&(name, client, server)| Combo {
+                name,
                 direction,
-                client: s,
-                server: w,
-            });
-        }
-        combos.push(Combo {
-            name: "wsup pair, one runtime worker each",
-            direction,
-            client: w1,
-            server: w1,
-        });
-    }
+                client,
+                server,
+            })
+        })
+        .filter(|c| settings.wants_tunnel(c))
+        .collect();
     // Interleaved repetitions, so that a burst of load elsewhere on the machine hits
     // every configuration alike; the median of each is reported.
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); combos.len()];
+    let mut samples: Vec<Vec<TunnelRun>> = vec![Vec::new(); combos.len()];
     let mut errors: Vec<Option<String>> = vec![None; combos.len()];
     for rep in 0..settings.forward_reps {
         for (i, c) in combos.iter().enumerate() {
             if (c.client == s || c.server == s) && ws.is_none() {
                 continue;
             }
-            if c.client.is_none() {
-                // Direct TCP is cheap and its rate swings with where the scheduler puts
-                // the two threads: more samples.
-                for _ in 0..2 {
-                    if let Ok(mibs) = tunnel_run(None, None, c.direction, ws, total) {
-                        samples[i].push(mibs);
+            // Direct TCP is cheap and its rate swings with where the scheduler puts the
+            // two threads: three samples per repetition.
+            let runs = if c.client.is_none() { 3 } else { 1 };
+            for _ in 0..runs {
+                let mut result = tunnel_run(c.client, c.server, c.direction, ws, total);
+                if let Err(e) = &result {
+                    // One more try, said in the report: a peer that stalls once is
+                    // noted, not averaged in.
+                    eprintln!(
+                        "forward rep {rep} {:?}: {}: failed ({e}), once more",
+                        c.direction, c.name
+                    );
+                    errors[i] = Some(format!("failed once and was run again: {e}"));
+                    result = tunnel_run(c.client, c.server, c.direction, ws, total);
+                }
+                match result {
+                    Ok(run) => {
+                        eprintln!(
+                            "forward rep {rep} {:?}: {}: {:.0} MiB/s, tunnel CPU {:.0} ms/GiB",
+                            c.direction, c.name, run.mib_s, run.cpu_ms_per_gib
+                        );
+                        samples[i].push(run);
                     }
-                }
-            }
-            let mut result = tunnel_run(c.client, c.server, c.direction, ws, total);
-            if let Err(e) = &result {
-                // One more try, said in the report: a peer that stalls once is noted, not
-                // averaged in.
-                eprintln!(
-                    "forward rep {rep} {:?}: {}: failed ({e}), once more",
-                    c.direction, c.name
-                );
-                errors[i] = Some(format!("failed once and was run again: {e}"));
-                result = tunnel_run(c.client, c.server, c.direction, ws, total);
-            }
-            match result {
-                Ok(mibs) => {
-                    eprintln!(
-                        "forward rep {rep} {:?}: {}: {mibs:.0} MiB/s",
-                        c.direction, c.name
-                    );
-                    samples[i].push(mibs);
-                }
-                Err(e) => {
-                    eprintln!(
-                        "forward rep {rep} {:?}: {}: failed: {e}",
-                        c.direction, c.name
-                    );
-                    errors[i] = Some(e);
+                    Err(e) => {
+                        eprintln!(
+                            "forward rep {rep} {:?}: {}: failed: {e}",
+                            c.direction, c.name
+                        );
+                        errors[i] = Some(e);
+                    }
                 }
             }
         }
     }
-    let medians: Vec<Option<f64>> = samples
-        .iter()
-        .map(|s| (!s.is_empty()).then(|| median(&mut s.clone())))
-        .collect();
+    let pick = |f: fn(&TunnelRun) -> f64| -> Vec<Option<f64>> {
+        samples
+            .iter()
+            .map(|runs| {
+                let mut values: Vec<f64> = runs.iter().map(f).collect();
+                (!values.is_empty()).then(|| median(&mut values))
+            })
+            .collect()
+    };
+    let rates = pick(|r| r.mib_s);
+    let cpus = pick(|r| r.cpu_ms_per_gib);
     for (i, c) in combos.iter().enumerate() {
         if let Some(e) = &errors[i] {
             report.note(format!(
@@ -890,13 +1043,17 @@ fn bench_forward(
             ));
         }
     }
-    let find = |direction: Direction, client: Option<Side>, server: Option<Side>| {
+    let find = |values: &[Option<f64>],
+                direction: Direction,
+                client: Option<Side>,
+                server: Option<Side>| {
         combos
             .iter()
             .position(|c| c.direction == direction && c.client == client && c.server == server)
-            .and_then(|i| medians[i])
+            .and_then(|i| values[i])
     };
     let fmt = |v: Option<f64>| v.map_or("skipped".to_owned(), |v| format!("{v:.0} MiB/s"));
+    let fmt_cpu = |v: Option<f64>| v.map_or("skipped".to_owned(), |v| format!("{v:.0} ms"));
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
@@ -907,9 +1064,12 @@ fn bench_forward(
             Direction::Up => "up (local → far end)",
             Direction::Down => "down (far end → local)",
         };
-        let direct = find(direction, None, None);
-        let pair = find(direction, w, w);
-        let websocat_pair = find(direction, s, s);
+        let rate = |client, server| find(&rates, direction, client, server);
+        let (direct, pair, websocat_pair, plain_pair) =
+            (rate(None, None), rate(w, w), rate(s, s), rate(p, p));
+        if pair.is_none() {
+            continue;
+        }
         let r = ratio(pair, direct);
         report.row(
             "forward",
@@ -930,7 +1090,7 @@ fn bench_forward(
             "≥ 1.0×",
             r.map(|r| r >= 1.0),
         );
-        let client_role = find(direction, w, s);
+        let client_role = rate(w, s);
         let r = ratio(client_role, websocat_pair);
         report.row(
             "forward",
@@ -943,32 +1103,43 @@ fn bench_forward(
             "≥ 1.0×",
             r.map(|r| r >= 1.0),
         );
-        if direction == Direction::Up {
-            let server_role = find(direction, s, w);
-            let r = ratio(server_role, websocat_pair);
-            report.row(
-                "forward",
-                format!("{size} {dir}, server role: `serve forward:` vs `websocat ws-l:` (websocat client)"),
-                fmt(server_role),
-                format!("{} websocat", fmt(websocat_pair)),
-                r,
-                "≥ 1.0×",
-                r.map(|r| r >= 1.0),
-            );
-        }
-        let one_worker = find(direction, w1, w1);
+        let server_role = rate(s, w);
+        let r = ratio(server_role, websocat_pair);
         report.row(
             "forward",
             format!(
-                "{size} {dir}, wsup pair with one runtime worker each (`TOKIO_WORKER_THREADS=1`)"
+                "{size} {dir}, server role: `serve forward:` vs `websocat ws-l:` (websocat client)"
             ),
+            fmt(server_role),
+            format!("{} websocat", fmt(websocat_pair)),
+            r,
+            "≥ 1.0×",
+            r.map(|r| r >= 1.0),
+        );
+        let r = ratio(pair, plain_pair);
+        report.row(
+            "forward",
+            format!("{size} {dir}, wsup pair vs a plain tokio-tungstenite pair (no supervision)"),
+            fmt(pair),
+            format!("{} plain", fmt(plain_pair)),
+            r,
+            "(information)",
+            None,
+        );
+        let cpu = |client, server| find(&cpus, direction, client, server);
+        let (pair_cpu, websocat_cpu, plain_cpu) = (cpu(w, w), cpu(s, s), cpu(p, p));
+        report.row(
+            "forward",
             format!(
-                "{} ({})",
-                fmt(one_worker),
-                ratio(one_worker, pair).map_or("—".into(), |r| format!("{r:.2}× the default"))
+                "{size} {dir}, CPU time of both tunnel processes per GiB moved (lower is better)"
             ),
-            format!("{} direct, {} websocat", fmt(direct), fmt(websocat_pair)),
-            ratio(one_worker, direct),
+            fmt_cpu(pair_cpu),
+            format!(
+                "{} plain, {} websocat",
+                fmt_cpu(plain_cpu),
+                fmt_cpu(websocat_cpu)
+            ),
+            ratio(pair_cpu, plain_cpu),
             "(information)",
             None,
         );
@@ -983,8 +1154,10 @@ fn bench_forward(
             json!({
                 "tunnel": c.name,
                 "direction": format!("{:?}", c.direction),
-                "median_mib_s": medians[i],
-                "samples_mib_s": samples[i],
+                "median_mib_s": rates[i],
+                "median_tunnel_cpu_ms_per_gib": cpus[i],
+                "samples_mib_s": samples[i].iter().map(|r| r.mib_s).collect::<Vec<_>>(),
+                "samples_tunnel_cpu_ms_per_gib": samples[i].iter().map(|r| r.cpu_ms_per_gib).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -1995,7 +2168,11 @@ fn target_dir() -> PathBuf {
 
 fn main() {
     if let Ok(spec) = std::env::var("WSUP_BENCH_CHILD") {
-        memory_child(&spec);
+        if spec.starts_with("plain-") {
+            plain_tunnel_child(&spec);
+        } else {
+            memory_child(&spec);
+        }
         return;
     }
     // `cargo test --benches` runs bench binaries without `--bench`: nothing to do there.

@@ -41,6 +41,9 @@ const EXIT_FLUSH: Duration = Duration::from_millis(50);
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// Messages waiting for the socket before the driver stops taking more from the session.
 const SEND_QUEUE_MESSAGES: usize = 16;
+/// Payload bytes delivered to the session before the driver yields to it (see
+/// `Driver::run`): one yield per large frame, one per many small ones.
+const YIELD_AFTER_DELIVERED: usize = 64 << 10;
 
 /// Everything a supervisor needs to know, built by the CLI or by a library user.
 #[derive(Debug, Clone)]
@@ -192,6 +195,7 @@ impl Supervisor {
             pending_delivery: None,
             outbound_done: false,
             session_gone: false,
+            delivered_since_yield: 0,
             effects: Vec::with_capacity(8),
             outcome: None,
         };
@@ -296,6 +300,7 @@ struct Driver<D: Dialer> {
     pending_delivery: Option<Message>,
     outbound_done: bool,
     session_gone: bool,
+    delivered_since_yield: usize,
     effects: Vec<Effect>,
     outcome: Option<Outcome>,
 }
@@ -391,7 +396,22 @@ impl<D: Dialer> Driver<D> {
                 }
                 kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
             };
+            let delivered = match &event {
+                Event::Frame(message) => message.len(),
+                _ => 0,
+            };
             self.feed(event);
+            self.delivered_since_yield += delivered;
+            if self.delivered_since_yield >= YIELD_AFTER_DELIVERED {
+                // Let the session take what was just delivered before the next frame
+                // is read. The frame's payload shares tungstenite's read buffer: once
+                // the session has written and dropped it, that buffer is reused for the
+                // next frame; read ahead of the session, every frame costs a fresh
+                // allocation and its page faults (about a third of the port-forward
+                // client's CPU downstream, see docs/benchmarks.md).
+                self.delivered_since_yield = 0;
+                tokio::task::yield_now().await;
+            }
         }
         self.outcome.clone().expect("loop ends with an outcome")
     }

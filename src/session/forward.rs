@@ -118,6 +118,10 @@ async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) {
         if outbound.send(item).await.is_err() {
             return;
         }
+        // Let the supervisor take this frame (it copies it into the websocket's write
+        // buffer and drops it) before the next read: `reserve` above then reuses this
+        // allocation instead of making a new one per frame.
+        tokio::task::yield_now().await;
     }
 }
 
