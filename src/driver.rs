@@ -321,7 +321,12 @@ impl<D: Dialer> Driver<D> {
             // the queue (a guard on a select arm is evaluated only once per iteration:
             // a queue that drains while the arm is off would stall until some other event).
             let take_outbound = !self.outbound_done && self.machine_accepts_outbound();
-            let read_enabled = self.pending_delivery.is_none();
+            // Not while a message waits for room in the channel, nor while the session
+            // has a megabyte or more to take (unless it is gone: then read on, for the
+            // close frame).
+            let inbound_full =
+                !self.ends.inbound_budget.has_room() && !self.ends.inbound.is_closed();
+            let read_enabled = self.pending_delivery.is_none() && !inbound_full;
             let event = tokio::select! {
                 biased;
                 changed = self.signals.changed(), if signals_open => {
@@ -376,7 +381,9 @@ impl<D: Dialer> Driver<D> {
                 permit = self.ends.inbound.reserve(), if self.pending_delivery.is_some() => {
                     match permit {
                         Ok(permit) => {
-                            permit.send(self.pending_delivery.take().expect("guarded"));
+                            let message = self.pending_delivery.take().expect("guarded");
+                            self.ends.inbound_budget.delivered(message.len());
+                            permit.send(message);
                             continue;
                         }
                         Err(_) => {
@@ -386,6 +393,7 @@ impl<D: Dialer> Driver<D> {
                         }
                     }
                 }
+                () = self.ends.inbound_budget.room(), if inbound_full => continue,
                 // The session dropped its inbound receiver (stdout closed, its task
                 // ended): wind down once connected, like a local EOF. Checked only while
                 // connected and not closing, so a session that vanished while offline is
@@ -484,12 +492,16 @@ impl<D: Dialer> Driver<D> {
                 if self.session_gone {
                     return None;
                 }
-                match self.ends.inbound.try_send(message) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(message)) => {
+                match self.ends.inbound.try_reserve() {
+                    Ok(permit) => {
+                        // Counted before it can be taken.
+                        self.ends.inbound_budget.delivered(message.len());
+                        permit.send(message);
+                    }
+                    Err(mpsc::error::TrySendError::Full(())) => {
                         self.pending_delivery = Some(message);
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(mpsc::error::TrySendError::Closed(())) => {
                         // The session stopped taking output (stdout closed): wind down.
                         self.session_gone = true;
                         return Some(Event::LocalEof);
@@ -551,7 +563,12 @@ impl<D: Dialer> Driver<D> {
         };
         let deadline = Instant::now() + budget;
         if let Some(message) = self.pending_delivery.take() {
-            let _ = tokio::time::timeout_at(deadline, self.ends.inbound.send(message)).await;
+            if let Ok(Ok(permit)) =
+                tokio::time::timeout_at(deadline, self.ends.inbound.reserve()).await
+            {
+                self.ends.inbound_budget.delivered(message.len());
+                permit.send(message);
+            }
         }
         // Closing our ends tells the session the supervisor has stopped.
         let (closed_tx, _) = mpsc::channel(1);

@@ -344,3 +344,72 @@ async fn a_session_that_stopped_reading_while_offline_is_noticed_once_connected(
     assert_eq!(bounded(run).await, Outcome::Done);
     assert_eq!(dialer.dial_times().len(), 2);
 }
+
+/// Takes nothing until told to, then reports every message.
+struct WaitsBeforeReading {
+    go: tokio::sync::oneshot::Receiver<()>,
+    delivered: mpsc::UnboundedSender<Message>,
+}
+
+impl Session for WaitsBeforeReading {
+    async fn run(self, link: Link) {
+        let Link {
+            mut inbound,
+            outbound: _still_open,
+            ..
+        } = link;
+        let _ = self.go.await;
+        while let Some(message) = inbound.recv().await {
+            let _ = self.delivered.send(message);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_session_holds_about_a_megabyte_not_sixty_four_messages() {
+    const SIZE: usize = 256 << 10;
+    const COUNT: usize = 40;
+    let (dialer, mut servers) = MemoryDialer::new(vec![None]);
+    let (supervisor, signals) = supervisor(MachineConfig::default());
+    let (go, go_rx) = tokio::sync::oneshot::channel();
+    let (delivered_tx, mut delivered) = mpsc::unbounded_channel();
+    let session = WaitsBeforeReading {
+        go: go_rx,
+        delivered: delivered_tx,
+    };
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer, session));
+    let mut server = servers.recv().await.unwrap();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    let sender = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for i in 0..COUNT {
+            server
+                .send(Message::binary(vec![i as u8; SIZE]))
+                .await
+                .unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        server
+    });
+    // Virtual time advances only once every task is idle: the server is then blocked
+    // on a full pipe because the client stopped reading.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let held = sent.load(std::sync::atomic::Ordering::SeqCst);
+    // 1 MiB waiting for the session (4 messages), one in tungstenite's read buffer, one
+    // in the 256 KiB pipe, one being written; with a bound of 64 messages all 40 would
+    // have gone.
+    assert!(
+        (4..=7).contains(&held),
+        "the server got {held} messages of 256 KiB out while the session took none"
+    );
+    go.send(()).unwrap();
+    for i in 0..COUNT {
+        let message = delivered.recv().await.unwrap();
+        assert_eq!(message.len(), SIZE);
+        assert_eq!(message.into_data()[0], i as u8, "message {i} out of order");
+    }
+    let _server = sender.await.unwrap();
+    signals.send_replace(Some(Sig::Terminate));
+    assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
+}

@@ -10,8 +10,9 @@ pub mod logs;
 pub mod shell;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The application side of a supervised connection.
@@ -78,11 +79,70 @@ impl DialQuery {
     }
 }
 
+/// Payloads from the server, in order, as the session takes them.
+///
+/// The supervisor stops reading the websocket while the messages waiting here add up
+/// to [`INBOUND_BYTES`] or more (or number [`LINK_CAPACITY`]): a session that consumes
+/// slowly slows the server down instead of filling memory. One message is always let
+/// through, whatever its size (up to the 64 MiB message limit).
+#[derive(Debug)]
+pub struct Inbound {
+    receiver: mpsc::Receiver<Message>,
+    budget: Arc<InboundBudget>,
+}
+
+impl Inbound {
+    /// The next message; `None` once the supervisor has stopped and everything it
+    /// delivered has been taken.
+    pub async fn recv(&mut self) -> Option<Message> {
+        let message = self.receiver.recv().await?;
+        self.budget.taken(message.len());
+        Some(message)
+    }
+
+    /// Whether no message is waiting right now (time to flush what was written).
+    pub fn is_empty(&self) -> bool {
+        self.receiver.is_empty()
+    }
+}
+
+/// Payload bytes delivered to the session and not yet taken, shared by the driver
+/// (which adds) and [`Inbound`] (which takes).
+#[derive(Debug, Default)]
+pub(crate) struct InboundBudget {
+    waiting: AtomicUsize,
+    room: Notify,
+}
+
+impl InboundBudget {
+    pub(crate) fn has_room(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) < INBOUND_BYTES
+    }
+
+    pub(crate) fn delivered(&self, bytes: usize) {
+        self.waiting.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn taken(&self, bytes: usize) {
+        let before = self.waiting.fetch_sub(bytes, Ordering::AcqRel);
+        if before >= INBOUND_BYTES && before.saturating_sub(bytes) < INBOUND_BYTES {
+            // Stored if the driver is not waiting yet: it then wakes at once.
+            self.room.notify_one();
+        }
+    }
+
+    /// Completes after the session took enough to bring the total under the budget
+    /// (or spuriously: re-check [`InboundBudget::has_room`]).
+    pub(crate) async fn room(&self) {
+        self.room.notified().await;
+    }
+}
+
 /// The session's end of the connection to the supervisor.
 #[derive(Debug)]
 pub struct Link {
     /// Payloads from the server, in order. `None` once the supervisor has stopped.
-    pub inbound: mpsc::Receiver<Message>,
+    pub inbound: Inbound,
     /// Payloads to the server. Sent while connected, queued (in this channel) while
     /// offline. Dropping it means "nothing more to send": close 1000 once sent.
     pub outbound: mpsc::Sender<Outbound>,
@@ -106,6 +166,7 @@ impl Link {
 #[derive(Debug)]
 pub(crate) struct LinkEnds {
     pub inbound: mpsc::Sender<Message>,
+    pub inbound_budget: Arc<InboundBudget>,
     pub outbound: mpsc::Receiver<Outbound>,
     pub control: mpsc::Receiver<Control>,
     pub dial_query: DialQuery,
@@ -113,22 +174,31 @@ pub(crate) struct LinkEnds {
 
 /// How many messages may wait in each direction between driver and session. The byte
 /// budget for queued input is the session's (see [`Outbound::permit`]).
-pub(crate) const LINK_CAPACITY: usize = 64;
+pub const LINK_CAPACITY: usize = 64;
+
+/// Bytes of server payloads that may wait for the session before the supervisor stops
+/// reading the websocket (see [`Inbound`]).
+pub const INBOUND_BYTES: usize = 1 << 20;
 
 pub(crate) fn link() -> (Link, LinkEnds) {
     let (inbound_tx, inbound_rx) = mpsc::channel(LINK_CAPACITY);
     let (outbound_tx, outbound_rx) = mpsc::channel(LINK_CAPACITY);
     let (control_tx, control_rx) = mpsc::channel(8);
     let dial_query = DialQuery::default();
+    let inbound_budget = Arc::new(InboundBudget::default());
     (
         Link {
-            inbound: inbound_rx,
+            inbound: Inbound {
+                receiver: inbound_rx,
+                budget: inbound_budget.clone(),
+            },
             outbound: outbound_tx,
             control: control_tx,
             dial_query: dial_query.clone(),
         },
         LinkEnds {
             inbound: inbound_tx,
+            inbound_budget,
             outbound: outbound_rx,
             control: control_rx,
             dial_query,
