@@ -328,28 +328,28 @@ fn rss_bytes() -> u64 {
 /// utime + stime of this process, from /proc/self/stat.
 /// CPU time (user + system) of this process.
 fn cpu_time() -> Duration {
-    process_cpu_time("self")
+    let (user, system) = process_cpu_times("self");
+    user + system
 }
 
-/// CPU time (user + system) of a process, all its threads: `pid` is a number or `self`.
-fn process_cpu_time(pid: &str) -> Duration {
+/// (user, system) CPU time of a process, all its threads: `pid` is a number or `self`.
+fn process_cpu_times(pid: &str) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some((_, after_comm)) = stat.rsplit_once(')') else {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     };
     // Fields after the command name start at field 3 (state); utime is 14, stime 15.
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_secs_f64(ticks as f64 / hz as f64)
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let field = |i: usize| {
+        let ticks = fields
+            .get(i)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0);
+        Duration::from_secs_f64(ticks as f64 / hz)
+    };
+    (field(11), field(12))
 }
 
 fn send_signal(child: &Child, sig: libc::c_int) {
@@ -899,28 +899,34 @@ fn tunnel_run(
         }
         _ => unreachable!("a tunnel has both sides"),
     };
-    let tunnel_cpu = || -> Duration {
+    let tunnel_cpu = || {
         procs
             .iter()
-            .map(|p| process_cpu_time(&p.child.id().to_string()))
-            .sum()
+            .fold((Duration::ZERO, Duration::ZERO), |(u, s), p| {
+                let (user, system) = process_cpu_times(&p.child.id().to_string());
+                (u + user, s + system)
+            })
     };
-    let cpu_before = tunnel_cpu();
+    let (user_before, system_before) = tunnel_cpu();
     let took = transfer(entry, direction, total, &far)?;
-    let cpu = tunnel_cpu().saturating_sub(cpu_before);
+    let (user_after, system_after) = tunnel_cpu();
     drop(procs);
+    let per_gib = |d: Duration| ms(d) * (1u64 << 30) as f64 / total as f64;
+    let user = per_gib(user_after.saturating_sub(user_before));
     Ok(TunnelRun {
         mib_s: total as f64 / MIB / took.as_secs_f64(),
-        cpu_ms_per_gib: ms(cpu) * (1u64 << 30) as f64 / total as f64,
+        cpu_ms_per_gib: user + per_gib(system_after.saturating_sub(system_before)),
+        user_ms_per_gib: user,
     })
 }
 
 /// One transfer through a tunnel: its rate, and the CPU time its processes spent
-/// (both sides; none for direct TCP) per GiB moved.
+/// (both sides; none for direct TCP) per GiB moved, in all and in user space.
 #[derive(Clone, Copy, Debug)]
 struct TunnelRun {
     mib_s: f64,
     cpu_ms_per_gib: f64,
+    user_ms_per_gib: f64,
 }
 
 struct Combo {
@@ -1008,8 +1014,8 @@ fn bench_forward(
                 match result {
                     Ok(run) => {
                         eprintln!(
-                            "forward rep {rep} {:?}: {}: {:.0} MiB/s, tunnel CPU {:.0} ms/GiB",
-                            c.direction, c.name, run.mib_s, run.cpu_ms_per_gib
+                            "forward rep {rep} {:?}: {}: {:.0} MiB/s, tunnel CPU {:.0} ms/GiB ({:.0} user)",
+                            c.direction, c.name, run.mib_s, run.cpu_ms_per_gib, run.user_ms_per_gib
                         );
                         samples[i].push(run);
                     }
@@ -1035,6 +1041,7 @@ fn bench_forward(
     };
     let rates = pick(|r| r.mib_s);
     let cpus = pick(|r| r.cpu_ms_per_gib);
+    let user_cpus = pick(|r| r.user_ms_per_gib);
     for (i, c) in combos.iter().enumerate() {
         if let Some(e) = &errors[i] {
             report.note(format!(
@@ -1156,6 +1163,7 @@ fn bench_forward(
                 "direction": format!("{:?}", c.direction),
                 "median_mib_s": rates[i],
                 "median_tunnel_cpu_ms_per_gib": cpus[i],
+                "median_tunnel_user_cpu_ms_per_gib": user_cpus[i],
                 "samples_mib_s": samples[i].iter().map(|r| r.mib_s).collect::<Vec<_>>(),
                 "samples_tunnel_cpu_ms_per_gib": samples[i].iter().map(|r| r.cpu_ms_per_gib).collect::<Vec<_>>(),
             })
