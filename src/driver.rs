@@ -41,9 +41,6 @@ const EXIT_FLUSH: Duration = Duration::from_millis(50);
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// Messages waiting for the socket before the driver stops taking more from the session.
 const SEND_QUEUE_MESSAGES: usize = 16;
-/// Payload bytes delivered to the session before the driver yields to it (see
-/// `Driver::run`): one yield per large frame, one per many small ones.
-const YIELD_AFTER_DELIVERED: usize = 64 << 10;
 
 /// Everything a supervisor needs to know, built by the CLI or by a library user.
 #[derive(Debug, Clone)]
@@ -195,7 +192,6 @@ impl Supervisor {
             pending_delivery: None,
             outbound_done: false,
             session_gone: false,
-            delivered_since_yield: 0,
             effects: Vec::with_capacity(8),
             outcome: None,
         };
@@ -300,7 +296,6 @@ struct Driver<D: Dialer> {
     pending_delivery: Option<Message>,
     outbound_done: bool,
     session_gone: bool,
-    delivered_since_yield: usize,
     effects: Vec<Effect>,
     outcome: Option<Outcome>,
 }
@@ -322,8 +317,10 @@ impl<D: Dialer> Driver<D> {
             // a queue that drains while the arm is off would stall until some other event).
             let take_outbound = !self.outbound_done && self.machine_accepts_outbound();
             // Not while a message waits for room in the channel, nor while the session
-            // has a megabyte or more to take (unless it is gone: then read on, for the
-            // close frame).
+            // has 64 KiB or more to take (unless it is gone: then read on, for the close
+            // frame). Waiting for the session also returns the frame's memory before the
+            // next read: its payload shares tungstenite's read buffer, which is then
+            // reused instead of reallocated (and page-faulted in) for every frame.
             let inbound_full =
                 !self.ends.inbound_budget.has_room() && !self.ends.inbound.is_closed();
             let read_enabled = self.pending_delivery.is_none() && !inbound_full;
@@ -404,22 +401,7 @@ impl<D: Dialer> Driver<D> {
                 }
                 kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
             };
-            let delivered = match &event {
-                Event::Frame(message) => message.len(),
-                _ => 0,
-            };
             self.feed(event);
-            self.delivered_since_yield += delivered;
-            if self.delivered_since_yield >= YIELD_AFTER_DELIVERED {
-                // Let the session take what was just delivered before the next frame
-                // is read. The frame's payload shares tungstenite's read buffer: once
-                // the session has written and dropped it, that buffer is reused for the
-                // next frame; read ahead of the session, every frame costs a fresh
-                // allocation and its page faults (about a third of the port-forward
-                // client's CPU downstream, see docs/benchmarks.md).
-                self.delivered_since_yield = 0;
-                tokio::task::yield_now().await;
-            }
         }
         self.outcome.clone().expect("loop ends with an outcome")
     }

@@ -37,8 +37,11 @@ use tokio_tungstenite::tungstenite::Message;
 pub const CHUNK: usize = 64 * 1024;
 
 /// Bytes read from the TCP connection that may wait for the websocket (while dialing,
-/// or while the server reads slowly); past it, the TCP connection is not read.
-pub const QUEUE_BYTES: usize = 1 << 20;
+/// or while the server reads slowly); past it, the TCP connection is not read. One read:
+/// the next read waits until the supervisor has taken the previous frame, so the
+/// frame's buffer is reused (docs/benchmarks.md). The kernel's socket buffers hold the
+/// rest.
+pub const QUEUE_BYTES: usize = CHUNK;
 
 /// Redials a tunnel's dial gets when `--max-retries` is not given.
 pub const DEFAULT_TUNNEL_RETRIES: u32 = 5;
@@ -102,26 +105,26 @@ async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) {
     let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
     let mut buffer = BytesMut::new();
     loop {
-        // Reuses the allocation when the previous frame has already been written.
+        // Room for a whole read first: once the supervisor has taken the previous
+        // frame (and copied it into the websocket's buffer), `reserve` reuses that
+        // frame's allocation instead of making a new one for every read.
+        let Ok(mut permit) = budget.clone().acquire_many_owned(CHUNK as u32).await else {
+            return;
+        };
         buffer.reserve(CHUNK);
         let read = match tcp.read_buf(&mut (&mut buffer).limit(CHUNK)).await {
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        let Ok(permit) = budget.clone().acquire_many_owned(read as u32).await else {
-            return;
-        };
+        // The frame holds what it uses; the rest of the room is given back.
+        let permit = permit.split(read);
         let item = Outbound {
             message: Message::Binary(buffer.split().freeze()),
-            permit: Some(permit),
+            permit,
         };
         if outbound.send(item).await.is_err() {
             return;
         }
-        // Let the supervisor take this frame (it copies it into the websocket's write
-        // buffer and drops it) before the next read: `reserve` above then reuses this
-        // allocation instead of making a new one per frame.
-        tokio::task::yield_now().await;
     }
 }
 

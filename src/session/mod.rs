@@ -177,8 +177,10 @@ pub(crate) struct LinkEnds {
 pub const LINK_CAPACITY: usize = 64;
 
 /// Bytes of server payloads that may wait for the session before the supervisor stops
-/// reading the websocket (see [`Inbound`]).
-pub const INBOUND_BYTES: usize = 1 << 20;
+/// reading the websocket (see [`Inbound`]). Small on purpose: a large frame is written
+/// out by the session before the next one is read, which lets tungstenite reuse its read
+/// buffer (docs/benchmarks.md); small messages are bounded by [`LINK_CAPACITY`] first.
+pub const INBOUND_BYTES: usize = 64 << 10;
 
 pub(crate) fn link() -> (Link, LinkEnds) {
     let (inbound_tx, inbound_rx) = mpsc::channel(LINK_CAPACITY);
