@@ -12,6 +12,11 @@ use std::time::{Duration, SystemTime};
 pub enum Failure {
     /// The server sent a close frame.
     Close { code: u16, reason: String },
+    /// The server broke the websocket protocol or its limits, as detected here (the
+    /// server sent no close frame): `code` is the close code that names the violation
+    /// (1002 protocol error, 1007 invalid UTF-8, 1009 too big) and decides the class, as
+    /// if the server had closed with it; `detail` is wsup's description.
+    Violation { code: u16, detail: String },
     /// The HTTP upgrade was answered with a non-101 status.
     Http {
         status: u16,
@@ -101,6 +106,8 @@ impl ClassifyRules {
     pub fn classify(&self, failure: &Failure) -> Class {
         match failure {
             Failure::Close { code, reason } => self.classify_close(*code, reason),
+            // No server reason: a violation is never read as a permission denial.
+            Failure::Violation { code, .. } => self.classify_close(*code, ""),
             Failure::Http { status, .. } => classify_http(*status),
             Failure::Tls(_) => Class::Permanent,
             Failure::Network { .. } | Failure::Liveness => Class::Transient,
@@ -219,6 +226,12 @@ impl fmt::Display for Failure {
             Failure::Close { code, reason } => {
                 write!(f, "server closed {code} ({})", escape_untrusted(reason))
             }
+            Failure::Violation { code, detail } => write!(
+                f,
+                "server broke the protocol: {} ({code}, {})",
+                escape_untrusted(detail),
+                close_code_name(*code)
+            ),
             Failure::Http { status, .. } => write!(
                 f,
                 "server answered HTTP {status} {} to the websocket upgrade",
@@ -308,6 +321,7 @@ impl Failure {
     pub fn label(&self) -> String {
         match self {
             Failure::Close { code, .. } => format!("close {code}"),
+            Failure::Violation { code, .. } => format!("violation {code}"),
             Failure::Http { status, .. } => format!("http {status}"),
             Failure::Tls(_) => "tls".into(),
             Failure::Network { kind, .. } => format!("{kind:?}").to_ascii_lowercase(),

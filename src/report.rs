@@ -102,6 +102,9 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
             ),
             None => "you are signed in but not allowed to do this: ask an administrator for the missing role".into(),
         },
+        (Class::RejectedData | Class::Permanent, Failure::Violation { .. }) => {
+            "the server sent what a websocket client must refuse; retrying will not help: check that the URL is the right endpoint, or report it to the server's owners".into()
+        }
         (Class::RejectedData, _) => {
             "the server refused what was sent: check the data (text must be what the server expects)".into()
         }

@@ -595,16 +595,16 @@ pub fn failure_from_ws_error(err: tungstenite::Error) -> Failure {
             Failure::Tls("the host name is not a valid TLS server name".into())
         }
         Error::Tls(err) => Failure::Tls(err.to_string()),
-        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Failure::Close {
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Failure::Violation {
             code: 1009,
-            reason: format!(
-                "message exceeds the {} limit ({size} bytes)",
+            detail: format!(
+                "a message over the {} limit ({size} bytes)",
                 size_label(max_size)
             ),
         },
-        Error::Capacity(err) => Failure::Close {
+        Error::Capacity(err) => Failure::Violation {
             code: 1002,
-            reason: format!("protocol error: {err}"),
+            detail: err.to_string(),
         },
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
             eof("connection reset without a closing handshake")
@@ -615,17 +615,17 @@ pub fn failure_from_ws_error(err: tungstenite::Error) -> Failure {
         Error::Protocol(
             err @ (ProtocolError::SendAfterClosing | ProtocolError::ReceivedAfterClosing),
         ) => Failure::Internal(err.to_string()),
-        Error::Protocol(err) => Failure::Close {
+        Error::Protocol(err) => Failure::Violation {
             code: 1002,
-            reason: format!("protocol error: {err}"),
+            detail: err.to_string(),
         },
-        Error::Utf8 => Failure::Close {
+        Error::Utf8 => Failure::Violation {
             code: 1007,
-            reason: "server sent a text message that is not valid UTF-8".into(),
+            detail: "a text message that is not valid UTF-8".into(),
         },
-        Error::AttackAttempt => Failure::Close {
+        Error::AttackAttempt => Failure::Violation {
             code: 1002,
-            reason: "protocol error: attack attempt detected".into(),
+            detail: "attack attempt detected".into(),
         },
         Error::WriteBufferFull(_) => Failure::Internal("websocket write buffer full".into()),
         Error::Url(err) => Failure::Internal(format!("bad websocket URL: {err}")),
@@ -805,10 +805,10 @@ mod tests {
             max_size: 64 << 20,
         });
         match failure_from_ws_error(err) {
-            Failure::Close { code: 1009, reason } => {
+            Failure::Violation { code: 1009, detail } => {
                 assert!(
-                    reason.starts_with("message exceeds the 64 MiB limit"),
-                    "{reason}"
+                    detail.starts_with("a message over the 64 MiB limit"),
+                    "{detail}"
                 )
             }
             other => panic!("{other:?}"),
@@ -819,11 +819,11 @@ mod tests {
     fn protocol_violations_and_local_faults() {
         assert!(matches!(
             failure_from_ws_error(Error::Protocol(ProtocolError::MaskedFrameFromServer)),
-            Failure::Close { code: 1002, .. }
+            Failure::Violation { code: 1002, .. }
         ));
         assert!(matches!(
             failure_from_ws_error(Error::Utf8),
-            Failure::Close { code: 1007, .. }
+            Failure::Violation { code: 1007, .. }
         ));
         assert!(matches!(
             failure_from_ws_error(Error::Url(tungstenite::error::UrlError::NoHostName)),

@@ -356,6 +356,38 @@ async fn close_1002_is_permanent_exit_69() {
     stops_at_once(1002, "", 69, "[permanent]").await;
 }
 
+/// A server that breaks the protocol sent no close frame: the words say so, and the
+/// exit code is that of the close code that names the violation.
+async fn stops_at_a_violation(frame: &[u8], exit: i32, words: &str) {
+    let server = Server::always(Behaviour::Raw(frame.to_vec())).await;
+    let client = connect(&server.url(), &[]);
+    let done = client.finish().await;
+    done.assert_code(exit)
+        .assert_stderr_contains(words)
+        .assert_stderr_contains("server broke the protocol")
+        .assert_stderr_lacks("server closed")
+        .assert_stderr_lacks("refused what was sent")
+        .assert_stderr_lacks("retrying in");
+    assert_eq!(server.connection_count(), 1, "{}", done.dump());
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_stops_with_65_and_blames_the_server() {
+    // FIN + text, 2 bytes, unmasked: 0xC3 0x28 is not UTF-8.
+    stops_at_a_violation(&[0x81, 0x02, 0xC3, 0x28], 65, "not valid UTF-8 (1007").await;
+}
+
+#[tokio::test]
+async fn a_masked_frame_from_the_server_stops_with_69() {
+    // FIN + binary, masked (servers must not mask), 1 byte.
+    stops_at_a_violation(
+        &[0x82, 0x81, 1, 2, 3, 4, 0x41],
+        69,
+        "(1002, protocol error)",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn close_4001_is_permanent_by_default_exit_69() {
     stops_at_once(4001, "app says no", 69, "--retry-close-codes 4001").await;

@@ -112,6 +112,13 @@ fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Class {
             None | Some(429 | 500..=599) => Class::Transient,
             Some(other) => panic!("token endpoint {other} is not a row of the table"),
         },
+        // Detected here, not sent: the class of the close code that names it (the
+        // violations tungstenite reports are 1002, 1007 and 1009).
+        Failure::Violation { code, .. } => match *code {
+            1007 | 1009 => Class::RejectedData,
+            1002 => Class::Permanent,
+            other => panic!("violation {other} is not one wsup reports"),
+        },
         Failure::Internal(_) => Class::Internal,
     }
 }
@@ -181,6 +188,14 @@ fn close_failure() -> impl Strategy<Value = Failure> {
     })
 }
 
+/// What wsup detects itself when the server breaks the protocol.
+fn violation_failure() -> impl Strategy<Value = Failure> {
+    prop::sample::select(vec![1002u16, 1007, 1009]).prop_map(|code| Failure::Violation {
+        code,
+        detail: "not authorized to break the protocol".into(),
+    })
+}
+
 fn http_failure() -> impl Strategy<Value = Failure> {
     let status = prop::sample::select(vec![
         301u16, 400, 401, 403, 404, 405, 408, 410, 426, 429, 500, 502, 503,
@@ -212,6 +227,7 @@ fn network_failure() -> impl Strategy<Value = Failure> {
 fn any_failure() -> impl Strategy<Value = Failure> {
     prop_oneof![
         4 => close_failure(),
+        1 => violation_failure(),
         3 => http_failure(),
         1 => Just(Failure::Tls("invalid peer certificate: UnknownIssuer".into())),
         2 => network_failure(),
@@ -220,9 +236,9 @@ fn any_failure() -> impl Strategy<Value = Failure> {
     ]
 }
 
-/// How an established connection ends: a close frame or the network.
+/// How an established connection ends: a close frame, a protocol violation or the network.
 fn connection_loss() -> impl Strategy<Value = Failure> {
-    prop_oneof![3 => close_failure(), 1 => network_failure()]
+    prop_oneof![3 => close_failure(), 1 => violation_failure(), 1 => network_failure()]
 }
 
 /// The server rejecting the token, at the handshake or with a close.

@@ -51,6 +51,9 @@ pub enum Behaviour {
     Silent,
     /// Accept the TCP connection and never answer anything (not even read the request).
     Hang,
+    /// Upgrade, write these bytes as they are (a frame tungstenite would not build, such
+    /// as a text frame that is not UTF-8), then read until the client goes.
+    Raw(Vec<u8>),
     /// Accept the TCP connection, wait until the gate is opened, then behave as `then`.
     Gated {
         gate: Arc<Notify>,
@@ -352,6 +355,17 @@ async fn serve_connection(
             reason,
         } => {
             close_after(stream, index, &shared, messages, code, reason).await;
+        }
+        Behaviour::Raw(bytes) => {
+            if let Some(mut ws) = handshake(stream, index, &shared, None).await {
+                use tokio::io::AsyncWriteExt;
+                if ws.get_mut().write_all(&bytes).await.is_ok() {
+                    while let Some(Ok(message)) = ws.next().await {
+                        record(&shared, index, &message);
+                    }
+                }
+            }
+            shared.update(index, |c| c.ended = true);
         }
         Behaviour::Silent => {
             if let Some(ws) = handshake(stream, index, &shared, None).await {
