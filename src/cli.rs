@@ -75,15 +75,18 @@ pub enum Command {
     Demo,
 }
 
+const SCRIPT_HELP: &str = "Comma-separated steps; connection N gets step N, the last one \
+    repeats. Steps: http:STATUS[:RETRY_AFTER], close:CODE[:REASON], echo, logs:N[:CODE], \
+    shell, forward:HOST:PORT, hang, silent, auth-close, expire-token";
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the URL is printed on stdout).
     #[arg(long, default_value = "127.0.0.1:8765")]
     pub listen: SocketAddr,
     /// Comma-separated steps; connection N gets step N, the last one repeats.
-    /// Steps: http:STATUS[:RETRY_AFTER], close:CODE[:REASON], echo, logs:N[:CODE], shell,
-    /// forward:HOST:PORT, hang, silent, auth-close, expire-token.
-    #[arg(long, default_value = "echo")]
+    // The help is a string, not this doc comment: rustdoc reads `[:CODE]` as a link.
+    #[arg(long, default_value = "echo", help = SCRIPT_HELP)]
     pub script: String,
     /// Accept only `Authorization: Bearer <current token>` (rotated by /oauth/token).
     #[arg(long, value_name = "TOKEN")]

@@ -6,7 +6,7 @@
 //! "retry or stop" lives in `machine.rs`.
 //!
 //! Every arm is cancel-safe: the socket is polled through a `poll_fn` that keeps its
-//! state in [`Conn`], the dial and refresh futures live across iterations, channel
+//! state in `Conn`, the dial and refresh futures live across iterations, channel
 //! receives and `reserve` lose nothing when another arm wins.
 
 use crate::backoff::{Backoff, BackoffPolicy, Jitter};
