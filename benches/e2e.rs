@@ -1089,42 +1089,28 @@ fn bench_forward(
             "≥ 0.5×",
             r.map(|r| r >= 0.5),
         );
-        let r = ratio(pair, websocat_pair);
-        report.row(
-            "forward",
-            format!("{size} {dir}, wsup pair vs websocat pair"),
-            fmt(pair),
-            format!("{} websocat", fmt(websocat_pair)),
-            r,
-            "≥ 1.0×",
-            r.map(|r| r >= 1.0),
-        );
-        let client_role = rate(w, s);
-        let r = ratio(client_role, websocat_pair);
-        report.row(
-            "forward",
-            format!(
-                "{size} {dir}, client role: `port-forward` vs `websocat tcp-l:` (websocat server)"
+        for (what, wsup) in [
+            ("wsup pair vs websocat pair", pair),
+            (
+                "client role: `port-forward` vs `websocat tcp-l:` (websocat server)",
+                rate(w, s),
             ),
-            fmt(client_role),
-            format!("{} websocat", fmt(websocat_pair)),
-            r,
-            "≥ 1.0×",
-            r.map(|r| r >= 1.0),
-        );
-        let server_role = rate(s, w);
-        let r = ratio(server_role, websocat_pair);
-        report.row(
-            "forward",
-            format!(
-                "{size} {dir}, server role: `serve forward:` vs `websocat ws-l:` (websocat client)"
+            (
+                "server role: `serve forward:` vs `websocat ws-l:` (websocat client)",
+                rate(s, w),
             ),
-            fmt(server_role),
-            format!("{} websocat", fmt(websocat_pair)),
-            r,
-            "≥ 1.0×",
-            r.map(|r| r >= 1.0),
-        );
+        ] {
+            let r = ratio(wsup, websocat_pair);
+            report.row(
+                "forward",
+                format!("{size} {dir}, {what}"),
+                fmt(wsup),
+                format!("{} websocat", fmt(websocat_pair)),
+                r,
+                "≥ 1.0×",
+                r.map(|r| r >= 1.0),
+            );
+        }
         let r = ratio(pair, plain_pair);
         report.row(
             "forward",
