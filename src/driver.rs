@@ -192,6 +192,8 @@ impl Supervisor {
             pending_delivery: None,
             outbound_done: false,
             session_gone: false,
+            liveness_deferred: false,
+            liveness_window: self.config.machine.ping_interval + self.config.machine.pong_timeout,
             effects: Vec::with_capacity(8),
             outcome: None,
         };
@@ -296,6 +298,10 @@ struct Driver<D: Dialer> {
     pending_delivery: Option<Message>,
     outbound_done: bool,
     session_gone: bool,
+    /// The liveness deadline passed while reads were paused for the session.
+    liveness_deferred: bool,
+    /// `ping_interval + pong_timeout`: how long the server may stay silent.
+    liveness_window: Duration,
     effects: Vec<Effect>,
     outcome: Option<Outcome>,
 }
@@ -324,6 +330,13 @@ impl<D: Dialer> Driver<D> {
             let inbound_full =
                 !self.ends.inbound_budget.has_room() && !self.ends.inbound.is_closed();
             let read_enabled = self.pending_delivery.is_none() && !inbound_full;
+            if read_enabled && self.liveness_deferred {
+                // Reading again: the server gets a whole window from now to be heard.
+                self.liveness_deferred = false;
+                if self.machine.is_connected() {
+                    self.timers.start(TimerKind::Liveness, self.liveness_window);
+                }
+            }
             let event = tokio::select! {
                 biased;
                 changed = self.signals.changed(), if signals_open => {
@@ -399,7 +412,17 @@ impl<D: Dialer> Driver<D> {
                     self.session_gone = true;
                     Event::LocalEof
                 }
-                kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
+                kind = poll_fn(|cx| self.timers.poll_expired(cx)) => {
+                    if kind == TimerKind::Liveness && !read_enabled {
+                        // "Nothing received" is unknown while we are not reading because
+                        // the session is behind (a paused pager, a slow disk): that is
+                        // our own back-pressure, not a dead server. Judge again once
+                        // reading resumes.
+                        self.liveness_deferred = true;
+                        continue;
+                    }
+                    Event::Timer(kind)
+                }
             };
             self.feed(event);
         }

@@ -414,3 +414,99 @@ async fn a_slow_session_stops_the_reading_at_its_byte_budget_not_at_sixty_four_m
     signals.send_replace(Some(Sig::Terminate));
     assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_is_behind_for_minutes_does_not_make_a_live_server_look_dead() {
+    const SIZE: usize = 256 << 10;
+    const COUNT: usize = 16;
+    let (dialer, mut servers) = MemoryDialer::new(vec![None]);
+    let (supervisor, signals) = supervisor(MachineConfig::default());
+    let (go, go_rx) = tokio::sync::oneshot::channel();
+    let (delivered_tx, mut delivered) = mpsc::unbounded_channel();
+    let session = WaitsBeforeReading {
+        go: go_rx,
+        delivered: delivered_tx,
+    };
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), session));
+    let server = servers.recv().await.unwrap();
+    let (mut to_client, mut from_client) = futures_util::StreamExt::split(server);
+    // The server keeps answering pings while it waits to send the rest.
+    let answering = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        while let Some(Ok(_)) = from_client.next().await {}
+    });
+    let sender = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for i in 0..COUNT {
+            to_client
+                .send(Message::binary(vec![i as u8; SIZE]))
+                .await
+                .unwrap();
+        }
+        to_client
+    });
+    // Three liveness windows (ping 20 s + pong 20 s) with the session taking nothing:
+    // wsup is not reading because its own session is behind, not because the server
+    // went quiet.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    go.send(()).unwrap();
+    let all_delivered = tokio::time::timeout(Duration::from_secs(3600), async {
+        for i in 0..COUNT {
+            let message = delivered.recv().await.unwrap();
+            assert_eq!(message.into_data()[0], i as u8, "message {i}");
+        }
+    });
+    let delivered_in_time = all_delivered.await.is_ok();
+    assert_eq!(dialer.dial_times().len(), 1, "no redial");
+    assert!(
+        delivered_in_time,
+        "every message within an hour of virtual time"
+    );
+    let _to_client = sender.await.unwrap();
+    signals.send_replace(Some(Sig::Terminate));
+    assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
+    answering.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_server_is_still_found_dead_one_window_after_the_session_catches_up() {
+    let (dialer, mut servers) = MemoryDialer::new(vec![None]);
+    let (supervisor, signals) = supervisor(MachineConfig::default());
+    let (go, go_rx) = tokio::sync::oneshot::channel();
+    let (delivered_tx, mut delivered) = mpsc::unbounded_channel();
+    let session = WaitsBeforeReading {
+        go: go_rx,
+        delivered: delivered_tx,
+    };
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), session));
+    let mut server = servers.recv().await.unwrap();
+    {
+        use futures_util::SinkExt;
+        // Enough to stop the reading (past the 64 KiB budget), then silence: the
+        // server never reads again, so pings go unanswered.
+        server
+            .send(Message::binary(vec![7u8; 256 << 10]))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let resumed = Instant::now();
+    go.send(()).unwrap();
+    assert_eq!(delivered.recv().await.unwrap().len(), 256 << 10);
+    let redialed = tokio::time::timeout(Duration::from_secs(3600), servers.recv())
+        .await
+        .expect("a redial within an hour of virtual time");
+    assert!(redialed.is_some());
+    let dials = dialer.dial_times();
+    assert_eq!(dials.len(), 2);
+    // Declared dead one window (20 s ping + 20 s pong) after reading resumed, then a
+    // first backoff of at most 500 ms.
+    let after = dials[1] - resumed;
+    assert!(
+        after >= Duration::from_secs(40) && after <= Duration::from_millis(40_600),
+        "redialed {after:?} after the session caught up"
+    );
+    signals.send_replace(Some(Sig::Terminate));
+    assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
+    drop(server);
+}
