@@ -448,7 +448,16 @@ fn first_line(
 
 /// `wsup serve --script SCRIPT` on a free port: (process, ws address).
 fn spawn_wsup_serve(script: &str) -> (Proc, SocketAddr) {
-    let mut child = wsup_command()
+    spawn_wsup_serve_with(script, None)
+}
+
+/// `workers`: `TOKIO_WORKER_THREADS` for the process (the binary's default is one).
+fn spawn_wsup_serve_with(script: &str, workers: Option<usize>) -> (Proc, SocketAddr) {
+    let mut command = wsup_command();
+    if let Some(n) = workers {
+        command.env("TOKIO_WORKER_THREADS", n.to_string());
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--script", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -466,8 +475,12 @@ fn spawn_wsup_serve(script: &str) -> (Proc, SocketAddr) {
 }
 
 /// `wsup port-forward ws://SERVER/ --listen 127.0.0.1:0`: (process, listen address).
-fn spawn_wsup_forward(server: SocketAddr) -> (Proc, SocketAddr) {
-    let mut child = wsup_command()
+fn spawn_wsup_forward(server: SocketAddr, workers: Option<usize>) -> (Proc, SocketAddr) {
+    let mut command = wsup_command();
+    if let Some(n) = workers {
+        command.env("TOKIO_WORKER_THREADS", n.to_string());
+    }
+    let mut child = command
         .args([
             "port-forward",
             &format!("ws://{server}/"),
@@ -777,15 +790,46 @@ impl Drop for FarEnd {
     }
 }
 
-/// Moves `total` bytes through `entry` in the given direction; the time from connect to
-/// the last byte at the receiving end.
+/// Moves `total` bytes through `entry` in the given direction, split evenly over
+/// `connections` TCP connections at once; the time from the first connect to the last
+/// byte at the receiving end.
 fn transfer(
     entry: SocketAddr,
     direction: Direction,
+    connections: usize,
     total: u64,
     far: &FarEnd,
 ) -> Result<Duration, String> {
+    let share = total / connections as u64;
     let start = Instant::now();
+    let clients: Vec<_> = (0..connections)
+        .map(|_| std::thread::spawn(move || drive_client(entry, direction, share)))
+        .collect();
+    // Up: the streams stay open until the far end has everything.
+    let mut streams = Vec::new();
+    for client in clients {
+        streams.push(client.join().map_err(|_| "a client thread panicked")??);
+    }
+    let end = match direction {
+        Direction::Up => far
+            .done
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| {
+                format!(
+                    "the far end received {} of {total} bytes within 60 s",
+                    far.received.load(Ordering::Relaxed)
+                )
+            })?,
+        Direction::Down => Instant::now(),
+    };
+    for stream in &streams {
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+    Ok(end.saturating_duration_since(start))
+}
+
+/// One client of a transfer: writes (up) or reads (down) `bytes` through `entry`.
+fn drive_client(entry: SocketAddr, direction: Direction, bytes: u64) -> Result<TcpStream, String> {
     let mut stream = TcpStream::connect(entry).map_err(|e| format!("connect {entry}: {e}"))?;
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
@@ -793,45 +837,37 @@ fn transfer(
     match direction {
         Direction::Up => {
             let buffer = vec![0xA5u8; CHUNK];
-            let mut left = total;
+            let mut left = bytes;
             while left > 0 {
                 let n = left.min(CHUNK as u64) as usize;
                 stream
                     .write_all(&buffer[..n])
-                    .map_err(|e| format!("write after {} bytes: {e}", total - left))?;
+                    .map_err(|e| format!("write after {} bytes: {e}", bytes - left))?;
                 left -= n as u64;
             }
-            let end = far
-                .done
-                .recv_timeout(Duration::from_secs(60))
-                .map_err(|_| {
-                    format!(
-                        "the far end received {} of {total} bytes within 60 s",
-                        far.received.load(Ordering::Relaxed)
-                    )
-                })?;
-            let _ = stream.shutdown(Shutdown::Write);
-            Ok(end.saturating_duration_since(start))
         }
         Direction::Down => {
             let mut buffer = vec![0u8; 256 << 10];
             let mut got = 0u64;
-            while got < total {
+            while got < bytes {
                 match stream.read(&mut buffer) {
-                    Ok(0) => return Err(format!("EOF after {got} of {total} bytes")),
+                    Ok(0) => return Err(format!("EOF after {got} of {bytes} bytes")),
                     Ok(n) => got += n as u64,
                     Err(e) => return Err(format!("read after {got} bytes: {e}")),
                 }
             }
-            Ok(start.elapsed())
         }
     }
+    Ok(stream)
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Side {
     /// `wsup port-forward` (client side) or `wsup serve --script forward:` (server side).
     Wsup,
+    /// The same with two runtime workers (`TOKIO_WORKER_THREADS=2`; the binary's
+    /// default is one).
+    WsupTwoWorkers,
     /// `websocat -b tcp-l:… ws://…` or `websocat -b ws-l:… tcp:…`.
     Websocat,
     /// [`plain_tunnel_child`]: tokio-tungstenite and nothing else.
@@ -853,16 +889,24 @@ fn tunnel_run(
     server: Option<Side>,
     direction: Direction,
     websocat: Option<&Path>,
+    connections: usize,
     total: u64,
 ) -> Result<TunnelRun, String> {
-    let far = FarEnd::start(direction, total);
+    // The far end sends each connection its share, or counts what all of them sent.
+    let far_total = match direction {
+        Direction::Up => total,
+        Direction::Down => total / connections as u64,
+    };
+    let far = FarEnd::start(direction, far_total);
     let mut procs = Vec::new();
     let entry = match (client, server) {
         (None, None) => far.addr,
         (Some(client), Some(server)) => {
             let ws = match server {
-                Side::Wsup => {
-                    let (p, addr) = spawn_wsup_serve(&format!("forward:{}", far.addr));
+                Side::Wsup | Side::WsupTwoWorkers => {
+                    let workers = (server == Side::WsupTwoWorkers).then_some(2);
+                    let (p, addr) =
+                        spawn_wsup_serve_with(&format!("forward:{}", far.addr), workers);
                     procs.push(p);
                     addr
                 }
@@ -880,8 +924,9 @@ fn tunnel_run(
                 }
             };
             match client {
-                Side::Wsup => {
-                    let (p, addr) = spawn_wsup_forward(ws);
+                Side::Wsup | Side::WsupTwoWorkers => {
+                    let workers = (client == Side::WsupTwoWorkers).then_some(2);
+                    let (p, addr) = spawn_wsup_forward(ws, workers);
                     procs.push(p);
                     addr
                 }
@@ -910,7 +955,7 @@ fn tunnel_run(
             })
     };
     let (user_before, system_before) = tunnel_cpu();
-    let took = transfer(entry, direction, total, &far)?;
+    let took = transfer(entry, direction, connections, total, &far)?;
     let (user_after, system_after) = tunnel_cpu();
     drop(procs);
     let per_gib = |d: Duration| ms(d) * (1u64 << 30) as f64 / total as f64;
@@ -936,36 +981,58 @@ struct Combo {
     direction: Direction,
     client: Option<Side>,
     server: Option<Side>,
+    connections: usize,
 }
 
+/// How many tunnels the parallel rows run at once through one tunnel pair.
+const PARALLEL: usize = 4;
+
 /// The tunnels of the forward section, in both directions: (name, client side, server
-/// side); `None` for both is direct TCP.
-const TUNNELS: [(&str, Option<Side>, Option<Side>); 6] = [
-    ("direct TCP", None, None),
+/// side, connections at once); `None` for both sides is direct TCP.
+const TUNNELS: [(&str, Option<Side>, Option<Side>, usize); 9] = [
+    ("direct TCP", None, None, 1),
     (
         "wsup port-forward → wsup serve",
         Some(Side::Wsup),
         Some(Side::Wsup),
+        1,
     ),
     (
         "websocat → websocat",
         Some(Side::Websocat),
         Some(Side::Websocat),
+        1,
     ),
     (
         "plain tokio-tungstenite pair",
         Some(Side::Plain),
         Some(Side::Plain),
+        1,
     ),
     (
         "wsup port-forward → websocat",
         Some(Side::Wsup),
         Some(Side::Websocat),
+        1,
     ),
     (
         "websocat → wsup serve",
         Some(Side::Websocat),
         Some(Side::Wsup),
+        1,
+    ),
+    ("parallel: direct TCP", None, None, PARALLEL),
+    (
+        "parallel: wsup pair",
+        Some(Side::Wsup),
+        Some(Side::Wsup),
+        PARALLEL,
+    ),
+    (
+        "parallel: wsup pair, two workers",
+        Some(Side::WsupTwoWorkers),
+        Some(Side::WsupTwoWorkers),
+        PARALLEL,
     ),
 ];
 
@@ -980,12 +1047,15 @@ fn bench_forward(
     let combos: Vec<Combo> = [Direction::Up, Direction::Down]
         .into_iter()
         .flat_map(|direction| {
-            TUNNELS.iter().map(move |&(name, client, server)| Combo {
-                name,
-                direction,
-                client,
-                server,
-            })
+            TUNNELS
+                .iter()
+                .map(move |&(name, client, server, connections)| Combo {
+                    name,
+                    direction,
+                    client,
+                    server,
+                    connections,
+                })
         })
         .filter(|c| settings.wants_tunnel(c))
         .collect();
@@ -1002,7 +1072,8 @@ fn bench_forward(
             // two threads: three samples per repetition.
             let runs = if c.client.is_none() { 3 } else { 1 };
             for _ in 0..runs {
-                let mut result = tunnel_run(c.client, c.server, c.direction, ws, total);
+                let mut result =
+                    tunnel_run(c.client, c.server, c.direction, ws, c.connections, total);
                 if let Err(e) = &result {
                     // One more try, said in the report: a peer that stalls once is
                     // noted, not averaged in.
@@ -1011,7 +1082,7 @@ fn bench_forward(
                         c.direction, c.name
                     );
                     errors[i] = Some(format!("failed once and was run again: {e}"));
-                    result = tunnel_run(c.client, c.server, c.direction, ws, total);
+                    result = tunnel_run(c.client, c.server, c.direction, ws, c.connections, total);
                 }
                 match result {
                     Ok(run) => {
@@ -1055,10 +1126,16 @@ fn bench_forward(
     let find = |values: &[Option<f64>],
                 direction: Direction,
                 client: Option<Side>,
-                server: Option<Side>| {
+                server: Option<Side>,
+                connections: usize| {
         combos
             .iter()
-            .position(|c| c.direction == direction && c.client == client && c.server == server)
+            .position(|c| {
+                c.direction == direction
+                    && c.client == client
+                    && c.server == server
+                    && c.connections == connections
+            })
             .and_then(|i| values[i])
     };
     let fmt = |v: Option<f64>| v.map_or("skipped".to_owned(), |v| format!("{v:.0} MiB/s"));
@@ -1073,7 +1150,7 @@ fn bench_forward(
             Direction::Up => "up (local → far end)",
             Direction::Down => "down (far end → local)",
         };
-        let rate = |client, server| find(&rates, direction, client, server);
+        let rate = |client, server| find(&rates, direction, client, server, 1);
         let (direct, pair, websocat_pair, plain_pair) =
             (rate(None, None), rate(w, w), rate(s, s), rate(p, p));
         if pair.is_none() {
@@ -1121,23 +1198,49 @@ fn bench_forward(
             "(information)",
             None,
         );
-        let cpu = |client, server| find(&cpus, direction, client, server);
-        let (pair_cpu, websocat_cpu, plain_cpu) = (cpu(w, w), cpu(s, s), cpu(p, p));
+        // "820 ms (100 ms user)": all of it, and the part in user space.
+        let cpu = |client, server| {
+            let all = find(&cpus, direction, client, server, 1);
+            match find(&user_cpus, direction, client, server, 1) {
+                Some(user) if all.is_some() => format!("{} ({user:.0} ms user)", fmt_cpu(all)),
+                _ => fmt_cpu(all),
+            }
+        };
         report.row(
             "forward",
             format!(
                 "{size} {dir}, CPU time of both tunnel processes per GiB moved (lower is better)"
             ),
-            fmt_cpu(pair_cpu),
-            format!(
-                "{} plain, {} websocat",
-                fmt_cpu(plain_cpu),
-                fmt_cpu(websocat_cpu)
+            cpu(w, w),
+            format!("{} plain, {} websocat", cpu(p, p), cpu(s, s)),
+            ratio(
+                find(&cpus, direction, w, w, 1),
+                find(&cpus, direction, p, p, 1),
             ),
-            ratio(pair_cpu, plain_cpu),
             "(information)",
             None,
         );
+        let w2 = Some(Side::WsupTwoWorkers);
+        let parallel = |client, server| find(&rates, direction, client, server, PARALLEL);
+        let (one_worker, two_workers, direct) =
+            (parallel(w, w), parallel(w2, w2), parallel(None, None));
+        if one_worker.is_some() {
+            report.row(
+                "forward",
+                format!(
+                    "{size} {dir} over {PARALLEL} tunnels at once (one port-forward, one serve), in all: one runtime worker (the default) vs two"
+                ),
+                fmt(one_worker),
+                format!(
+                    "{} with two workers, {} direct TCP ({PARALLEL} connections)",
+                    fmt(two_workers),
+                    fmt(direct)
+                ),
+                ratio(one_worker, two_workers),
+                "(information)",
+                None,
+            );
+        }
     }
     if let Err(why) = websocat {
         report.note(why.clone());
