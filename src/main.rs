@@ -44,6 +44,17 @@ fn main() {
     let code = runtime
         .block_on(async { tokio::spawn(run(cli)).await })
         .unwrap_or(EXIT_INTERNAL);
+    if [Sig::Interrupt, Sig::Terminate]
+        .map(|sig| Outcome::Signal(sig).exit_code())
+        .contains(&code)
+    {
+        // A signal wins (exit within 100 ms): stdout may be a pipe nobody reads any more
+        // (a paused pager, a stuck consumer), and a flush, std's own at exit included,
+        // would wait for its reader. What the session wrote before is out; the rest is
+        // dropped, as it would be had the signal killed us.
+        // SAFETY: `_exit` ends the process at once; nothing runs after it.
+        unsafe { libc::_exit(code.into()) }
+    }
     let _ = std::io::stdout().flush();
     // Exit while the runtime is still alive: dropping it would wait for the blocking
     // thread that may be sitting in a stdin read forever.

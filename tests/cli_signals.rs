@@ -157,3 +157,60 @@ async fn sigterm_while_waiting_out_retry_after_exits_143() {
     done.assert_stdout("");
     assert_eq!(server.connection_count(), 1);
 }
+
+// ------------------------------------------------------------ stdout not read
+
+/// Bytes waiting in a pipe, from its read end.
+fn pipe_fill(reader: &std::io::PipeReader) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which outlives the call.
+    let rc = unsafe { libc::ioctl(reader.as_raw_fd(), libc::FIONREAD, &mut waiting) };
+    assert_eq!(rc, 0, "ioctl(FIONREAD) on the stdout pipe");
+    waiting as usize
+}
+
+/// A signal wins even when stdout is a pipe nobody reads (a paused pager, a stuck
+/// consumer): wsup must not sit in a write to it, nor in a flush at exit.
+async fn while_stdout_is_full(sig: Sig) {
+    let flood: Vec<_> = (0..1000)
+        .map(|i| {
+            tokio_tungstenite::tungstenite::Message::text(format!(
+                "{i:05} {}",
+                "x".repeat(16 << 10)
+            ))
+        })
+        .collect();
+    let server = Server::always(Behaviour::send_then_close(flood, 1000, "")).await;
+    let (reader, writer) = std::io::pipe().expect("a pipe for stdout");
+    let mut command = support::wsup_command();
+    command
+        .args(["connect", &server.url()])
+        .args(FAST)
+        .stdout(writer);
+    let client = Wsup::spawn_command(command);
+    // Wait (bounded) until the pipe is three quarters full (the kernel may call a pipe
+    // full before every byte of it is used): wsup, flooded, blocks in a write soon after.
+    let capacity = {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETPIPE_SZ takes no pointer.
+        unsafe { libc::fcntl(reader.as_raw_fd(), libc::F_GETPIPE_SZ) as usize }
+    };
+    let deadline = Instant::now() + support::BOUND;
+    while pipe_fill(&reader) < capacity / 4 * 3 {
+        assert!(Instant::now() < deadline, "the stdout pipe never filled");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal_and_finish(client, sig, "blocked on a full stdout").await;
+    drop(reader);
+}
+
+#[tokio::test]
+async fn sigint_while_stdout_is_full_exits_130() {
+    while_stdout_is_full(Sig::Int).await;
+}
+
+#[tokio::test]
+async fn sigterm_while_stdout_is_full_exits_143() {
+    while_stdout_is_full(Sig::Term).await;
+}
