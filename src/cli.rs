@@ -18,6 +18,8 @@ use std::time::Duration;
 #[command(
     name = "wsup",
     version,
+    // Common flags are global, before or after the subcommand: `--version` too.
+    propagate_version = true,
     about = "Keep a websocket session alive through dropped networks, server restarts and expiring tokens; stop fast when retrying cannot help.",
     after_help = "Exit codes: 0 done, 2 usage, 65 data rejected, 69 permanent failure, 75 retries exhausted, 77 auth/permission, 130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error."
 )]

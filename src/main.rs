@@ -73,13 +73,20 @@ fn exit_on_parse_error(e: clap::Error) -> ! {
     ) {
         e.exit();
     }
+    // clap's first paragraph, on one line: "the following required arguments were not
+    // provided:" is followed by the names on lines of their own.
     let rendered = e.render().to_string();
-    let line = rendered
+    let paragraph: Vec<&str> = rendered
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid arguments");
-    let line = line.strip_prefix("error: ").unwrap_or(line);
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let line = match paragraph.join(" ") {
+        joined if joined.is_empty() => "invalid arguments".to_owned(),
+        joined => joined,
+    };
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
     eprintln!("wsup: {line} (see wsup --help)");
     std::process::exit(EXIT_USAGE.into());
 }

@@ -85,6 +85,28 @@ async fn http_and_other_schemes_are_usage_errors() {
 // ------------------------------------------------------------------------ flags
 
 #[tokio::test]
+async fn a_missing_argument_or_unknown_flag_is_one_line_that_names_it() {
+    for (args, needles) in [
+        (&["connect"][..], &["required", "<URL>"][..]),
+        (
+            &["port-forward", "ws://127.0.0.1:9/"][..],
+            &["--listen"][..],
+        ),
+        (
+            &["connect", "ws://127.0.0.1:9/", "--bogus"][..],
+            &["--bogus"][..],
+        ),
+        (
+            &["connect", "ws://127.0.0.1:9/", "--max-retries", "many"][..],
+            &["--max-retries", "many"][..],
+        ),
+    ] {
+        let done = usage_error(args, &[]).await;
+        assert_mentions(&done, needles);
+    }
+}
+
+#[tokio::test]
 async fn bad_durations_are_usage_errors() {
     let server = Server::always(Behaviour::Echo).await;
     let url = server.url();
@@ -312,10 +334,22 @@ async fn help_and_version_go_to_stdout_with_exit_0() {
         assert!(help.contains(expected), "--help lacks {expected:?}: {help}");
     }
 
-    for flag in ["--version", "-V"] {
-        let done = Wsup::spawn([flag]).finish_within(QUICKLY).await;
-        done.assert_code(0)
-            .assert_stdout(&format!("wsup {}\n", env!("CARGO_PKG_VERSION")));
-        assert_eq!(done.stderr, "");
+    for args in [
+        &["--version"][..],
+        &["-V"][..],
+        // Before or after the subcommand, like every common flag.
+        &["connect", "ws://127.0.0.1:9/", "--version"][..],
+        &["logs", "--version"][..],
+        &["port-forward", "-V"][..],
+    ] {
+        let done = Wsup::spawn(args).finish_within(QUICKLY).await;
+        done.assert_code(0);
+        let version = done.stdout_text();
+        assert!(
+            version.starts_with("wsup")
+                && version.ends_with(&format!(" {}\n", env!("CARGO_PKG_VERSION"))),
+            "{args:?}: {version:?}"
+        );
+        assert_eq!(done.stderr, "", "{args:?}");
     }
 }
