@@ -589,18 +589,30 @@ impl Core {
             _ => (None, None),
         };
         let reason = context.reason.take();
-        tracing::debug!(
-            target: "wsup::machine",
-            from = state_name(source),
-            to = state_name(target),
-            event = context.event,
-            attempt,
-            delay_ms,
-            reason = reason.as_deref(),
-            "{} -> {}",
-            state_name(source),
-            state_name(target),
-        );
+        // Leaving `Idle` (the state before `Start`, not in DESIGN.md's diagram) is traced
+        // one level lower, so `-v` and `wsup demo` show the diagram's states only.
+        macro_rules! transition {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "wsup::machine",
+                    $level,
+                    from = state_name(source),
+                    to = state_name(target),
+                    event = context.event,
+                    attempt,
+                    delay_ms,
+                    reason = reason.as_deref(),
+                    "{} -> {}",
+                    state_name(source),
+                    state_name(target),
+                )
+            };
+        }
+        if matches!(source, State::Idle {}) {
+            transition!(tracing::Level::TRACE);
+        } else {
+            transition!(tracing::Level::DEBUG);
+        }
     }
 }
 
