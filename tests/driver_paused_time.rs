@@ -365,18 +365,28 @@ impl Session for WaitsBeforeReading {
     }
 }
 
+/// The session, the switch that lets it read, and what it delivered.
+fn waits_before_reading() -> (
+    WaitsBeforeReading,
+    tokio::sync::oneshot::Sender<()>,
+    mpsc::UnboundedReceiver<Message>,
+) {
+    let (go, go_rx) = tokio::sync::oneshot::channel();
+    let (delivered_tx, delivered) = mpsc::unbounded_channel();
+    let session = WaitsBeforeReading {
+        go: go_rx,
+        delivered: delivered_tx,
+    };
+    (session, go, delivered)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_session_stops_the_reading_at_its_byte_budget_not_at_sixty_four_messages() {
     const SIZE: usize = 256 << 10;
     const COUNT: usize = 40;
     let (dialer, mut servers) = MemoryDialer::new(vec![None]);
     let (supervisor, signals) = supervisor(MachineConfig::default());
-    let (go, go_rx) = tokio::sync::oneshot::channel();
-    let (delivered_tx, mut delivered) = mpsc::unbounded_channel();
-    let session = WaitsBeforeReading {
-        go: go_rx,
-        delivered: delivered_tx,
-    };
+    let (session, go, mut delivered) = waits_before_reading();
     let run = tokio::spawn(supervisor.run_with_dialer(dialer, session));
     let mut server = servers.recv().await.unwrap();
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -421,12 +431,7 @@ async fn a_session_that_is_behind_for_minutes_does_not_make_a_live_server_look_d
     const COUNT: usize = 16;
     let (dialer, mut servers) = MemoryDialer::new(vec![None]);
     let (supervisor, signals) = supervisor(MachineConfig::default());
-    let (go, go_rx) = tokio::sync::oneshot::channel();
-    let (delivered_tx, mut delivered) = mpsc::unbounded_channel();
-    let session = WaitsBeforeReading {
-        go: go_rx,
-        delivered: delivered_tx,
-    };
+    let (session, go, mut delivered) = waits_before_reading();
     let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), session));
     let server = servers.recv().await.unwrap();
     let (mut to_client, mut from_client) = futures_util::StreamExt::split(server);
@@ -472,12 +477,7 @@ async fn a_session_that_is_behind_for_minutes_does_not_make_a_live_server_look_d
 async fn a_silent_server_is_still_found_dead_one_window_after_the_session_catches_up() {
     let (dialer, mut servers) = MemoryDialer::new(vec![None]);
     let (supervisor, signals) = supervisor(MachineConfig::default());
-    let (go, go_rx) = tokio::sync::oneshot::channel();
-    let (delivered_tx, mut delivered) = mpsc::unbounded_channel();
-    let session = WaitsBeforeReading {
-        go: go_rx,
-        delivered: delivered_tx,
-    };
+    let (session, go, mut delivered) = waits_before_reading();
     let run = tokio::spawn(supervisor.run_with_dialer(dialer.clone(), session));
     let mut server = servers.recv().await.unwrap();
     {
