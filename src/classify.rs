@@ -289,6 +289,33 @@ impl Failure {
     pub fn from_close_frame(
         frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
     ) -> Failure {
+        Failure::from_received_close(frame, None)
+    }
+
+    /// Like [`Failure::from_close_frame`], knowing the close frame as it was on the wire
+    /// (when the stream was observed, see [`crate::transport::CloseObserver`]).
+    ///
+    /// tungstenite turns a close code it does not allow (1014, 1004, 1016–2999, 1–999,
+    /// 5000 and up, and 1005, 1006, 1015, which must never be sent) into `1002 "Protocol
+    /// violation"`. That is not what the server said: when `frame` is that rewrite and the
+    /// wire had such a code, the server's own code and reason are classified instead
+    /// (1014 and unknown codes transient, 1005 and 1006 transient, 1015 permanent, as the
+    /// table says). A genuine 1002 from the server stays 1002 with its own reason.
+    pub fn from_received_close(
+        frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
+        wire: Option<&crate::transport::WireClose>,
+    ) -> Failure {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        if let (Some(frame), Some(wire)) = (frame, wire) {
+            let rewritten =
+                frame.code == CloseCode::Protocol && frame.reason.as_str() == "Protocol violation";
+            if rewritten && !CloseCode::from(wire.code).is_allowed() {
+                return Failure::Close {
+                    code: wire.code,
+                    reason: wire.reason.clone(),
+                };
+            }
+        }
         match frame {
             Some(frame) => Failure::Close {
                 code: frame.code.into(),
@@ -515,6 +542,60 @@ mod tests {
         );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn the_wire_close_replaces_tungstenites_rewrite_only() {
+        use crate::transport::WireClose;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = |code: u16, reason: &str| CloseFrame {
+            code: code.into(),
+            reason: reason.to_owned().into(),
+        };
+        let wire = |code: u16, reason: &str| WireClose {
+            code,
+            reason: reason.into(),
+        };
+        let close = |code: u16, reason: &str| Failure::Close {
+            code,
+            reason: reason.into(),
+        };
+        let rewrite = frame(1002, "Protocol violation");
+        // Codes tungstenite rewrites: the server's own code and reason.
+        for (code, class) in [
+            (1014, Class::Transient),
+            (1004, Class::Transient),
+            (2999, Class::Transient),
+            (999, Class::Transient),
+            (5000, Class::Transient),
+            (1005, Class::Transient),
+            (1006, Class::Transient),
+            (1015, Class::Permanent),
+        ] {
+            let failure = Failure::from_received_close(Some(&rewrite), Some(&wire(code, "why")));
+            assert_eq!(failure, close(code, "why"), "code {code}");
+            assert_eq!(
+                ClassifyRules::default().classify(&failure),
+                class,
+                "code {code}"
+            );
+        }
+        // A genuine 1002, even with tungstenite's words, stays as it is.
+        let genuine =
+            Failure::from_received_close(Some(&rewrite), Some(&wire(1002, "Protocol violation")));
+        assert_eq!(genuine, close(1002, "Protocol violation"));
+        // A frame tungstenite did not rewrite is taken as it is.
+        let own = frame(1011, "agent gone");
+        assert_eq!(
+            Failure::from_received_close(Some(&own), Some(&wire(1011, "agent gone"))),
+            close(1011, "agent gone")
+        );
+        // Nothing recorded (another stream type): tungstenite's frame.
+        assert_eq!(
+            Failure::from_received_close(Some(&rewrite), None),
+            close(1002, "Protocol violation")
+        );
+        assert_eq!(Failure::from_received_close(None, None), close(1005, ""));
     }
 
     #[test]

@@ -17,7 +17,9 @@ use crate::machine::{
     State, TimerKind,
 };
 use crate::session::{self, LinkEnds, Session};
-use crate::transport::{failure_from_ws_error, Transport, TransportConfig, WsStream};
+use crate::transport::{
+    failure_from_ws_error, Transport, TransportConfig, WireClose, WsStream, WsTransportStream,
+};
 use futures_util::{Sink, Stream};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -79,10 +81,17 @@ pub trait Dialer: Clone + Send + Sync + 'static {
         url: &Url,
         authorization: Option<&str>,
     ) -> impl Future<Output = Result<WebSocketStream<Self::Stream>, Failure>> + Send;
+
+    /// The close frame the server sent, as it was on the wire, if the stream recorded one
+    /// (see [`crate::transport::CloseObserver`]): tungstenite rewrites codes it does not
+    /// allow into 1002. By default nothing is recorded and tungstenite's frame is used.
+    fn wire_close(_stream: &Self::Stream) -> Option<&WireClose> {
+        None
+    }
 }
 
 impl Dialer for Transport {
-    type Stream = tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>;
+    type Stream = WsTransportStream;
 
     fn dial(
         &self,
@@ -90,6 +99,10 @@ impl Dialer for Transport {
         authorization: Option<&str>,
     ) -> impl Future<Output = Result<WsStream, Failure>> + Send {
         Transport::dial(self, url, authorization)
+    }
+
+    fn wire_close(stream: &WsTransportStream) -> Option<&WireClose> {
+        stream.received_close()
     }
 }
 
@@ -378,7 +391,7 @@ impl<D: Dialer> Driver<D> {
                     self.dialing = None;
                     match dialed {
                         Ok(ws) => {
-                            self.conn = Some(Conn::new(ws));
+                            self.conn = Some(Conn::new(ws, D::wire_close));
                             Event::DialSucceeded
                         }
                         Err(failure) => Event::DialFailed(failure),
@@ -585,12 +598,16 @@ impl<D: Dialer> Driver<D> {
 /// An open websocket with its outgoing queue.
 struct Conn<S> {
     ws: WebSocketStream<S>,
+    /// The server's close frame as it was on the wire ([`Dialer::wire_close`]).
+    wire_close: WireCloseOf<S>,
     queue: VecDeque<Message>,
     needs_flush: bool,
     /// Set when a write failed: the failure to report, unless the server's close frame
     /// arrives before the deadline.
     drain: Option<(Failure, Pin<Box<Sleep>>)>,
 }
+
+type WireCloseOf<S> = for<'a> fn(&'a S) -> Option<&'a WireClose>;
 
 enum ConnEvent {
     Frame(Message),
@@ -605,9 +622,10 @@ enum ConnEvent {
 const OUTBOUND_ROUNDS_PER_POLL: usize = 8;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
-    fn new(ws: WebSocketStream<S>) -> Self {
+    fn new(ws: WebSocketStream<S>, wire_close: WireCloseOf<S>) -> Self {
         Conn {
             ws,
+            wire_close,
             queue: VecDeque::new(),
             needs_flush: false,
             drain: None,
@@ -676,8 +694,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if read || self.drain.is_some() {
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(Message::Close(frame)))) => {
-                    return Poll::Ready(ConnEvent::Closed(Failure::from_close_frame(
+                    let wire = (self.wire_close)(self.ws.get_ref());
+                    return Poll::Ready(ConnEvent::Closed(Failure::from_received_close(
                         frame.as_ref(),
+                        wire,
                     )));
                 }
                 Poll::Ready(Some(Ok(message))) => return Poll::Ready(ConnEvent::Frame(message)),

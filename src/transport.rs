@@ -22,18 +22,25 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError, TlsError};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::{Host, Url};
 
 use crate::classify::{escape_untrusted, parse_retry_after, Failure, NetworkKind};
 
+mod observe;
+pub use observe::{CloseObserver, WireClose};
+
+/// The byte stream under an established websocket: TCP, or TLS over TCP, seen through a
+/// [`CloseObserver`] (on the decrypted side) that keeps the server's close frame as sent.
+pub type WsTransportStream = CloseObserver<MaybeTlsStream<TcpStream>>;
+
 /// An established websocket, plain or TLS.
-pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type WsStream = WebSocketStream<WsTransportStream>;
 
 /// The largest message (and frame) accepted in either direction: 64 MiB.
 pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
@@ -482,15 +489,39 @@ impl Transport {
         phase.store(Phase::Connecting as u8, Ordering::Relaxed);
         let stream = connect_any(&addrs).await?;
         phase.store(Phase::Upgrading as u8, Ordering::Relaxed);
-        let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+        // TLS is done here rather than by tokio-tungstenite so that the observer sees the
+        // decrypted frames.
+        let stream = if url.scheme() == "wss" {
+            let name = server_name(url)?;
+            let tls = tokio_rustls::TlsConnector::from(self.inner.tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|err| io_failure(&err))?;
+            MaybeTlsStream::Rustls(tls)
+        } else {
+            MaybeTlsStream::Plain(stream)
+        };
+        let (ws, _response) = tokio_tungstenite::client_async_with_config(
             request,
-            stream,
+            CloseObserver::new(stream),
             Some(self.inner.ws_config),
-            Some(Connector::Rustls(self.inner.tls.clone())),
         )
         .await
         .map_err(failure_from_ws_error)?;
         Ok(ws)
+    }
+}
+
+/// The name the server's certificate must match: the URL's host (an IP address as such).
+fn server_name(url: &Url) -> Result<ServerName<'static>, Failure> {
+    let invalid = || Failure::Tls("the host name is not a valid TLS server name".into());
+    match url.host() {
+        Some(Host::Domain(domain)) => {
+            ServerName::try_from(domain.to_owned()).map_err(|_| invalid())
+        }
+        Some(Host::Ipv4(ip)) => Ok(ServerName::IpAddress(std::net::IpAddr::V4(ip).into())),
+        Some(Host::Ipv6(ip)) => Ok(ServerName::IpAddress(std::net::IpAddr::V6(ip).into())),
+        None => Err(invalid()),
     }
 }
 

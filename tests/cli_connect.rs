@@ -388,6 +388,85 @@ async fn a_masked_frame_from_the_server_stops_with_69() {
     .await;
 }
 
+/// A close code tungstenite does not "allow" (it rewrites them into 1002 "Protocol
+/// violation"): wsup must report and classify the code and reason the server sent.
+async fn disallowed_code_is_classified_as_sent(code: u16, reason: &str, exit: i32) {
+    let server = Server::always(Behaviour::close(code, reason)).await;
+    let client = connect(&server.url(), &["--max-retries", "1"]);
+    let done = client.finish().await;
+    done.assert_code(exit)
+        .assert_stdout("")
+        .assert_stderr_contains(&format!("server closed {code} ({reason})"))
+        .assert_stderr_lacks("1002")
+        .assert_stderr_lacks("Protocol violation");
+    let dials = if exit == 75 { 2 } else { 1 };
+    assert_eq!(server.connection_count(), dials, "{}", done.dump());
+}
+
+#[tokio::test]
+async fn close_1014_is_transient_and_keeps_the_servers_code_and_reason() {
+    disallowed_code_is_classified_as_sent(1014, "r1014", 75).await;
+}
+
+#[tokio::test]
+async fn unknown_close_codes_are_transient_and_keep_the_servers_code() {
+    for code in [2999, 1004, 999, 5000] {
+        disallowed_code_is_classified_as_sent(code, &format!("unknown {code}"), 75).await;
+    }
+}
+
+#[tokio::test]
+async fn close_codes_that_must_never_be_sent_are_classified_by_the_table() {
+    // 1005, 1006 and 1015 are only for reporting; a server that sends them anyway is
+    // taken at its word: 1005 and 1006 transient, 1015 permanent.
+    disallowed_code_is_classified_as_sent(1006, "abnormal on the wire", 75).await;
+    disallowed_code_is_classified_as_sent(1005, "no status on the wire", 75).await;
+    disallowed_code_is_classified_as_sent(1015, "tls on the wire", 69).await;
+}
+
+#[tokio::test]
+async fn close_1014_after_large_messages_keeps_the_servers_code() {
+    // 16-bit and 64-bit frame lengths before the close, read in many pieces.
+    let medium = "m".repeat(300);
+    let large = "l".repeat(200_000);
+    let server = Server::always(Behaviour::send_then_close(
+        vec![
+            Message::text(medium.clone()),
+            Message::text(large.clone()),
+            Message::binary(vec![0x88; 70_000]),
+            Message::text("last"),
+        ],
+        1014,
+        "r1014",
+    ))
+    .await;
+    let client = connect(&server.url(), &["--max-retries", "0"]);
+    let done = client.finish().await;
+    done.assert_code(75)
+        .assert_stderr_contains("server closed 1014 (r1014)")
+        .assert_stderr_lacks("1002");
+    let stdout = done.stdout_text();
+    assert!(stdout.contains(&medium), "{}", done.dump());
+    assert!(stdout.contains(&large), "the large message arrived whole");
+    assert!(stdout.contains("last"), "{}", done.dump());
+    assert_eq!(server.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn a_genuine_close_1002_keeps_its_own_reason_and_stops_with_69() {
+    // Even with the very reason tungstenite uses for its rewrite.
+    for reason in ["bad framing", "Protocol violation"] {
+        let server = Server::always(Behaviour::close(1002, reason)).await;
+        let client = connect(&server.url(), &["--max-retries", "1"]);
+        let done = client.finish().await;
+        done.assert_code(69)
+            .assert_stderr_contains(&format!("server closed 1002 ({reason})"))
+            .assert_stderr_contains("[permanent]")
+            .assert_stderr_lacks("retrying in");
+        assert_eq!(server.connection_count(), 1, "{}", done.dump());
+    }
+}
+
 #[tokio::test]
 async fn close_4001_is_permanent_by_default_exit_69() {
     stops_at_once(4001, "app says no", 69, "--retry-close-codes 4001").await;

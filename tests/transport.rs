@@ -516,7 +516,7 @@ async fn extra_ca_certificate_is_trusted() {
         .await
         .unwrap();
     assert!(matches!(
-        ws.get_ref(),
+        ws.get_ref().get_ref(),
         tokio_tungstenite::MaybeTlsStream::Rustls(_)
     ));
     echo_once(&mut ws, "over tls").await;
@@ -532,4 +532,61 @@ async fn wss_by_host_name_checks_the_name_and_tries_every_address() {
         .await
         .unwrap();
     echo_once(&mut ws, "by name").await;
+}
+
+/// A TLS server that sends a large message, then closes with `code` and `reason`.
+async fn tls_closing_server(code: u16, reason: &'static str) -> SocketAddr {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls_acceptor();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let Ok(tls) = acceptor.accept(stream).await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+        let _ = ws.send(Message::binary(vec![0x88; 100_000])).await;
+        let frame = CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        };
+        let _ = ws.send(Message::Close(Some(frame))).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    addr
+}
+
+#[tokio::test]
+async fn over_tls_the_close_code_the_server_sent_is_seen_through_tungstenites_rewrite() {
+    let addr = tls_closing_server(1014, "r1014").await;
+    let mut ws = trusting_transport()
+        .dial(&url(&format!("wss://localhost:{}/", addr.port())), None)
+        .await
+        .unwrap();
+    let frame = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    // tungstenite's view: 1014 is not "allowed", so it says 1002.
+    assert_eq!(frame.as_ref().map(|f| u16::from(f.code)), Some(1002));
+    // The observer, on the decrypted side, saw what the server sent.
+    let wire = ws.get_ref().received_close().cloned();
+    assert_eq!(
+        wire,
+        Some(WireClose {
+            code: 1014,
+            reason: "r1014".into()
+        })
+    );
+    assert_eq!(
+        Failure::from_received_close(frame.as_ref(), wire.as_ref()),
+        Failure::Close {
+            code: 1014,
+            reason: "r1014".into()
+        }
+    );
 }
