@@ -7,7 +7,7 @@ use crate::classify::ClassifyRules;
 use crate::credentials::{Anonymous, Credentials, CredentialsFile, StaticToken};
 use crate::driver::Config;
 use crate::machine::MachineConfig;
-use crate::transport::{self, TransportConfig, UsageError};
+use crate::transport::{self, is_header_safe, TransportConfig, UsageError, NOT_HEADER_SAFE};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -218,6 +218,14 @@ impl CommonArgs {
             .iter()
             .map(|h| transport::parse_header(h))
             .collect::<Result<Vec<_>, _>>()?;
+        // The scheme and the token are checked before anything is dialed: a value an
+        // HTTP header cannot carry is the user's mistake (exit 2), named by where it came
+        // from, never shown.
+        if !is_header_safe(&self.auth_scheme) {
+            return Err(UsageError::Invalid(format!(
+                "--auth-scheme {NOT_HEADER_SAFE}"
+            )));
+        }
         let credentials: Arc<dyn Credentials> = match &self.token_env {
             Some(var) => {
                 let token = std::env::var(var).map_err(|_| {
@@ -229,6 +237,11 @@ impl CommonArgs {
                 if token.is_empty() {
                     return Err(UsageError::Invalid(format!(
                         "environment variable {var} (from --token-env) is empty"
+                    )));
+                }
+                if !is_header_safe(token) {
+                    return Err(UsageError::Invalid(format!(
+                        "environment variable {var} (from --token-env) {NOT_HEADER_SAFE}"
                     )));
                 }
                 Arc::new(StaticToken::new(&self.auth_scheme, token))

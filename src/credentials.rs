@@ -9,6 +9,7 @@
 //! (another supervisor refreshed meanwhile) returns at once without a second request.
 
 use crate::classify::Failure;
+use crate::transport::{is_header_safe, NOT_HEADER_SAFE};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -435,12 +436,25 @@ impl CredentialsFile {
                 status: Some(status),
                 detail: "the response is not the expected JSON".into(),
             })?;
-        let Some(access_token) = parsed.access_token.filter(|t| !t.is_empty()) else {
+        // Trimmed like a token read from the file or from --token-env.
+        let Some(access_token) = parsed
+            .access_token
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+        else {
             return Err(Failure::Refresh {
                 status: Some(status),
                 detail: "the response has no access_token".into(),
             });
         };
+        // A token that cannot be sent is as useless as no token: the same failure, never
+        // stored (the file keeps the old credentials).
+        if !is_header_safe(&access_token) {
+            return Err(Failure::Refresh {
+                status: Some(status),
+                detail: format!("the response's access_token {NOT_HEADER_SAFE}"),
+            });
+        }
         let expiration = parsed.expires_in.map(|secs| {
             let at = SystemTime::now() + Duration::from_secs(secs).saturating_sub(EXPIRY_MARGIN);
             chrono::DateTime::<chrono::Utc>::from(at)
@@ -496,14 +510,23 @@ fn read_stored(path: &std::path::Path) -> Result<StoredCredentials, String> {
         return Err("expected a JSON object with access_token".into());
     }
     match value.get("access_token") {
-        Some(serde_json::Value::String(t)) if !t.is_empty() => {}
+        Some(serde_json::Value::String(t)) if !t.trim().is_empty() => {}
         Some(_) => return Err("access_token must be a non-empty string".into()),
         None => return Err("it has no access_token".into()),
     }
-    let stored: StoredCredentials = serde_json::from_value(value).map_err(|e| {
+    let mut stored: StoredCredentials = serde_json::from_value(value).map_err(|e| {
         // serde's message names the field and the expected type, never a value.
         format!("unexpected content: {e}")
     })?;
+    // Surrounding whitespace (a trailing newline from `echo` or an editor) is not part
+    // of the token: trimmed the same way as a token from --token-env.
+    let trimmed = stored.access_token.trim();
+    if trimmed.len() != stored.access_token.len() {
+        stored.access_token = trimmed.to_owned();
+    }
+    if !is_header_safe(&stored.access_token) {
+        return Err(format!("access_token {NOT_HEADER_SAFE}"));
+    }
     if let Some(text) = &stored.access_token_expiration {
         if chrono::DateTime::parse_from_rfc3339(text).is_err() {
             return Err(format!(

@@ -187,7 +187,7 @@ impl Supervisor {
             self.config.backoff,
             self.jitter.unwrap_or_else(Jitter::from_entropy),
         );
-        let (link, ends) = session::link();
+        let (link, ends) = session::link(session.outbound_capacity());
         let session_task = tokio::spawn(session.run(link));
         let mut driver = Driver {
             machine: Machine::new(self.config.machine.clone(), backoff),

@@ -114,6 +114,12 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
             300..=399 => "the server redirects: use the final URL".into(),
             _ => "retrying will not help: check the URL and the server".into(),
         },
+        (Class::Permanent, Failure::Refresh { .. }) => match creds {
+            CredentialKind::File(path) => format!(
+                "retrying will not help: check token_url in {path}, or report the token endpoint's answer to its owners"
+            ),
+            _ => "retrying will not help: report the token endpoint's answer to its owners".into(),
+        },
         (Class::Permanent, Failure::Tls(_)) => {
             "the server's certificate is not trusted: pass --ca-cert FILE for a private CA, or fix the server's certificate".into()
         }

@@ -224,6 +224,19 @@ pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), UsageError>
     Ok((name, value))
 }
 
+/// Whether `text` can travel in an HTTP header value as wsup sends it: printable ASCII,
+/// spaces and tabs only. Control characters are refused (CR or LF would end the header
+/// and start another), and so is anything outside ASCII (the upgrade request is written
+/// as ASCII text: such a value could not be sent at all).
+pub fn is_header_safe(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// The end of the one-line error for a scheme or token that fails [`is_header_safe`];
+/// the value itself is never shown.
+pub const NOT_HEADER_SAFE: &str = "contains characters an HTTP header cannot carry (control characters such as CR or LF, or non-ASCII characters); only printable ASCII is allowed";
+
 /// Loads every certificate from a PEM file (`--ca-cert FILE`).
 pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UsageError> {
     let error = |reason: String| UsageError::CaCertFile {
@@ -467,12 +480,18 @@ impl Transport {
             headers.append(name.clone(), value.clone());
         }
         if let Some(authorization) = authorization {
-            let mut value = HeaderValue::from_str(authorization).map_err(|_| {
-                Failure::Internal(
-                    "the authorization value is not a valid HTTP header value (control or non-ASCII characters)"
-                        .into(),
-                )
-            })?;
+            // The CLI refuses such a value before the first dial (exit 2); this guards a
+            // library user's own `Credentials`. `HeaderValue` alone would accept
+            // non-ASCII bytes that the handshake then fails to write.
+            let unsafe_value = || {
+                Failure::Internal(format!(
+                    "the authorization value from the credentials {NOT_HEADER_SAFE}"
+                ))
+            };
+            if !is_header_safe(authorization) {
+                return Err(unsafe_value());
+            }
+            let mut value = HeaderValue::from_str(authorization).map_err(|_| unsafe_value())?;
             value.set_sensitive(true);
             headers.insert(http::header::AUTHORIZATION, value);
         }
@@ -901,9 +920,21 @@ mod tests {
         let request = transport.build_request(&url, None).unwrap();
         assert_eq!(request.headers()["authorization"], "Basic user-given");
 
-        match transport.build_request(&url, Some("Bearer a\r\nX-Evil: 1")) {
-            Err(Failure::Internal(detail)) => assert!(!detail.contains("Evil"), "{detail}"),
-            other => panic!("{other:?}"),
+        for unsafe_value in ["Bearer a\r\nX-Evil: 1", "Bearer t\u{f6}k\u{e9}n-Evil"] {
+            match transport.build_request(&url, Some(unsafe_value)) {
+                Err(Failure::Internal(detail)) => assert!(!detail.contains("Evil"), "{detail}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn header_safe_values_are_printable_ascii() {
+        assert!(is_header_safe("Bearer abc.DEF-123_~+/="));
+        assert!(is_header_safe("a\tb c"));
+        assert!(is_header_safe(""));
+        for bad in ["a\rb", "a\nb", "a\0b", "a\u{7f}", "t\u{f6}k", "\u{2713}"] {
+            assert!(!is_header_safe(bad), "{bad:?}");
         }
     }
 

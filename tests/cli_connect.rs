@@ -128,6 +128,56 @@ async fn lines_typed_before_the_server_is_up_are_queued_and_sent_once_connected(
 }
 
 #[tokio::test]
+async fn thousands_of_short_lines_are_read_and_queued_while_offline() {
+    // The offline queue is bounded by bytes (1 MiB, each line charged its length plus
+    // 96 bytes), not by a count of lines: 7,400 short lines (~300 KB, ~1 MB charged)
+    // are all read from stdin while the first dial is held, then
+    // arrive in order once connected. The first dial is held past the default connect
+    // timeout so that wsup stays offline until the gate opens.
+    let gate = Arc::new(Notify::new());
+    let server = Server::start(vec![
+        Behaviour::gated(&gate, Behaviour::http(503)),
+        Behaviour::Echo,
+    ])
+    .await;
+    let mut client = connect(&server.url(), &["--connect-timeout", "60s"]);
+    server.wait_connections(1).await;
+
+    let lines: Vec<String> = (0..7_400)
+        .map(|i| format!("offline line {i:05} with a little padding"))
+        .collect();
+    let typed: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    // A pipe holds 64 KiB and wsup's reader 8 KiB more: the last 2,400 lines (~98 KB)
+    // are more than both, so a completed write proves that at least the first 5,000
+    // lines were taken from stdin and queued, all while offline.
+    assert!(lines[5_000..].iter().map(|l| l.len() + 1).sum::<usize>() > 90_000);
+    tokio::time::timeout(support::BOUND, client.write(typed.as_bytes()))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "stdin stopped being read while offline, long before 1 MiB was queued\n{}",
+                client.stderr_now().text()
+            )
+        });
+    assert_eq!(
+        server.connection_count(),
+        1,
+        "still offline, first dial held"
+    );
+    assert!(!server.connections()[0].upgraded);
+    client.close_stdin();
+    gate.notify_one();
+
+    let done = client.finish().await;
+    done.assert_code(0).assert_stdout(&echoed(
+        &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let connections = server.connections();
+    assert_eq!(connections.len(), 2, "{} connections", connections.len());
+    assert_eq!(connections[1].texts, lines, "queued lines, all, in order");
+}
+
+#[tokio::test]
 async fn server_close_1000_ends_the_session_with_exit_0() {
     let server = Server::always(Behaviour::close(1000, "bye")).await;
     // Stdin stays open: the server's close alone ends the session.

@@ -154,6 +154,94 @@ async fn missing_or_empty_token_env_variable_is_a_usage_error() {
     assert_eq!(server.connection_count(), 0, "nothing was dialed");
 }
 
+/// Values an `Authorization` header cannot carry: a CR LF that would smuggle in another
+/// header, another control character, and non-ASCII (which the handshake cannot write).
+/// Each holds a marker that must never be echoed.
+const NOT_HEADER_SAFE: [&str; 3] = [
+    "s3cr3t\r\nX-Injected: 1",
+    "s3cr3t\u{1}",
+    "s3cr3t-t\u{f6}k\u{e9}n",
+];
+
+fn assert_not_echoed(done: &Finished) {
+    for secret in ["s3cr3t", "X-Injected", "k\u{e9}n"] {
+        assert!(
+            !done.stderr.contains(secret),
+            "the value is never printed ({secret:?}): {}",
+            done.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_env_value_no_header_can_carry_is_a_usage_error_naming_the_variable() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    for token in NOT_HEADER_SAFE {
+        let done = usage_error(
+            &["connect", &url, "--token-env", "WSUP_TEST_BAD_TOKEN"],
+            &[("WSUP_TEST_BAD_TOKEN", token)],
+        )
+        .await;
+        assert_mentions(
+            &done,
+            &[
+                "WSUP_TEST_BAD_TOKEN",
+                "--token-env",
+                "HTTP header cannot carry",
+            ],
+        );
+        assert_not_echoed(&done);
+    }
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+#[tokio::test]
+async fn an_auth_scheme_no_header_can_carry_is_a_usage_error_naming_the_flag() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    for scheme in NOT_HEADER_SAFE {
+        let done = usage_error(
+            &[
+                "connect",
+                &url,
+                "--token-env",
+                "WSUP_TEST_GOOD_TOKEN",
+                "--auth-scheme",
+                scheme,
+            ],
+            &[("WSUP_TEST_GOOD_TOKEN", "fine-token")],
+        )
+        .await;
+        assert_mentions(&done, &["--auth-scheme", "HTTP header cannot carry"]);
+        assert_not_echoed(&done);
+        assert!(!done.stderr.contains("fine-token"), "{}", done.stderr);
+    }
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+#[tokio::test]
+async fn a_credentials_file_token_no_header_can_carry_is_a_usage_error_naming_the_file() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("bad-credentials.json");
+    let shown = path.to_str().expect("UTF-8 path");
+    for token in NOT_HEADER_SAFE {
+        let content = serde_json::json!({ "access_token": token }).to_string();
+        std::fs::write(&path, &content).expect("write the credentials file");
+        let done = usage_error(&["connect", &url, "--credentials", shown], &[]).await;
+        assert_mentions(&done, &[shown, "access_token", "HTTP header cannot carry"]);
+        assert_not_echoed(&done);
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read it back"),
+            content,
+            "an unusable file is never rewritten"
+        );
+    }
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
 #[tokio::test]
 async fn unreadable_or_invalid_ca_cert_is_a_usage_error() {
     let server = Server::always(Behaviour::Echo).await;

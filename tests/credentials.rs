@@ -131,6 +131,15 @@ fn unusable_files_are_usage_errors_naming_the_file_and_left_untouched() {
         ("[1,2]", "JSON object"),
         (r#"{"refresh_token":"r"}"#, "no access_token"),
         (r#"{"access_token":""}"#, "non-empty"),
+        (r#"{"access_token":" \n "}"#, "non-empty"),
+        (
+            r#"{"access_token":"abc\r\nX-Injected: 1"}"#,
+            "HTTP header cannot carry",
+        ),
+        (
+            r#"{"access_token":"t\u00f6k\u00e9n"}"#,
+            "HTTP header cannot carry",
+        ),
         (
             r#"{"access_token":"a","access_token_expiration":"tomorrow"}"#,
             "RFC 3339",
@@ -153,6 +162,58 @@ fn unusable_files_are_usage_errors_naming_the_file_and_left_untouched() {
         err.contains("nope.json") && err.contains("cannot read"),
         "{err}"
     );
+}
+
+/// The same trimming as for `--token-env`: a trailing newline (from `echo` into the
+/// file, or an editor) is not part of the token.
+#[test]
+fn the_stored_token_is_trimmed_like_a_token_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, r#"{"access_token":"  abc\n"}"#);
+    let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+    assert_eq!(creds.authorization().unwrap().expose(), "Bearer abc");
+}
+
+/// A token the endpoint issues that no header can carry is a failure of the endpoint's
+/// answer, like one without access_token: it does not heal by retrying (permanent, 69),
+/// the token is never stored nor printed.
+#[tokio::test]
+async fn cli_a_refreshed_token_no_header_can_carry_stops_with_69_and_is_never_stored() {
+    let server = scripted_server("expire-token", "A0").await;
+    let endpoint = TokenEndpoint::start(vec![ok_reply(
+        "NEW-SECRET\r\nX-Injected: 1",
+        3600,
+        Some("NEW-REFRESH"),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let content = creds_json("A0", "2099-01-01T00:00:00Z", "R0", &endpoint.url);
+    let path = write_file(&dir, &content);
+    let out = connect_with_credentials(&server, &path, &[], Input::Open).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert_eq!(endpoint.requests(), 1, "{stderr}");
+    assert!(stderr.contains("HTTP header cannot carry"), "{stderr}");
+    assert!(stderr.contains("token_url"), "{stderr}");
+    for secret in ["NEW-SECRET", "X-Injected", "NEW-REFRESH"] {
+        assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+}
+
+#[tokio::test]
+async fn cli_a_credentials_file_token_with_a_trailing_newline_connects() {
+    let server = scripted_server("echo", "A0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(&dir, r#"{"access_token": "A0\n"}"#);
+    let out = connect_with_credentials(&server, &path, &[], Input::Eof(b"hello\n")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    let stats = server.stats();
+    assert_eq!(stats.upgrades, 1);
+    assert_eq!(stats.unauthorized, 0);
+    assert_eq!(stats.received, vec!["hello".to_string()]);
 }
 
 #[tokio::test]
@@ -252,6 +313,16 @@ async fn failed_refreshes_never_touch_the_file() {
             "no access_token",
         ),
         ((200, "<html>".into()), Some(200), "not the expected JSON"),
+        (
+            ok_reply("NEW-SECRET\r\nX-Injected: 1", 3600, Some("r2")),
+            Some(200),
+            "HTTP header cannot carry",
+        ),
+        (
+            ok_reply("NEW-SECRET-t\u{f6}k\u{e9}n", 3600, Some("r2")),
+            Some(200),
+            "HTTP header cannot carry",
+        ),
     ];
     for (reply, status, detail) in cases {
         let endpoint = TokenEndpoint::start(vec![reply.clone()]).await;
@@ -268,6 +339,7 @@ async fn failed_refreshes_never_touch_the_file() {
             } => {
                 assert_eq!(*s, status, "{reply:?}");
                 assert!(d.contains(detail), "{reply:?}: {d}");
+                assert!(!err.to_string().contains("NEW-SECRET"), "{err}");
             }
             other => panic!("{reply:?}: {other:?}"),
         }

@@ -10,6 +10,18 @@ use tokio_tungstenite::tungstenite::Message;
 /// is simply not read (back-pressure), so nothing is ever dropped.
 pub const QUEUE_BYTES: usize = 1 << 20;
 
+/// What a queued line costs against [`QUEUE_BYTES`] on top of its own bytes: its entry
+/// in the queue (the message and its permit, 72 bytes on 64-bit targets) and the
+/// allocator's share of its text (header and rounding). With it the 1 MiB bound holds
+/// for the memory the queue really uses, empty lines included: at most 10,922 lines
+/// wait at once.
+pub const LINE_OVERHEAD: usize = 96;
+
+/// The most lines that can wait at once (each costs at least [`LINE_OVERHEAD`]): the
+/// room the session asks of its link, so that the byte budget alone decides when stdin
+/// stops being read.
+pub const QUEUE_LINES: usize = QUEUE_BYTES / LINE_OVERHEAD;
+
 /// A pipe between a byte stream of lines and the websocket.
 pub struct ConnectSession<R, W> {
     input: R,
@@ -37,6 +49,10 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    fn outbound_capacity(&self) -> usize {
+        QUEUE_LINES
+    }
+
     async fn run(self, link: Link) {
         let Link {
             mut inbound,
@@ -91,13 +107,15 @@ async fn send_lines<R: AsyncRead + Unpin>(input: R, outbound: mpsc::Sender<Outbo
                 line.pop();
             }
         }
-        let cost = line.len().clamp(1, QUEUE_BYTES) as u32;
-        let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
-            return;
-        };
         // Text frames must be UTF-8; a stray invalid byte becomes U+FFFD rather than
         // killing the session.
         let text = String::from_utf8_lossy(&line).into_owned();
+        // A line larger than the whole budget takes all of it: it waits for an empty
+        // queue, then goes alone.
+        let cost = (text.len() + LINE_OVERHEAD).min(QUEUE_BYTES) as u32;
+        let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
+            return;
+        };
         let item = Outbound {
             message: Message::text(text),
             permit: Some(permit),
@@ -144,6 +162,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, b"hello\n\x00\x01");
+    }
+
+    #[test]
+    fn the_per_line_overhead_covers_a_queue_entry() {
+        let entry = std::mem::size_of::<Outbound>();
+        assert!(entry <= LINE_OVERHEAD, "{entry} bytes");
+        // No more lines than that can ever hold their permits at once.
+        const { assert!((QUEUE_LINES + 1) * LINE_OVERHEAD > QUEUE_BYTES) };
+    }
+
+    #[tokio::test]
+    async fn empty_lines_fill_the_budget_at_their_overhead() {
+        // QUEUE_LINES empty lines use the whole 1 MiB budget: the next one waits until
+        // one of them is released, even though the link has room for more.
+        let input = vec![b'\n'; QUEUE_LINES + 1];
+        let (tx, mut rx) = mpsc::channel(QUEUE_LINES + 16);
+        let reader = tokio::spawn(send_lines(std::io::Cursor::new(input), tx));
+        let mut held = Vec::with_capacity(QUEUE_LINES);
+        for _ in 0..QUEUE_LINES {
+            held.push(rx.recv().await.unwrap());
+        }
+        // Single-threaded test runtime: give the reader every chance to run ahead.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(rx.try_recv().is_err(), "a line was read past the budget");
+        held.pop();
+        assert_eq!(rx.recv().await.unwrap().message, Message::text(""));
+        assert!(rx.recv().await.is_none());
+        reader.await.unwrap();
     }
 
     #[tokio::test]

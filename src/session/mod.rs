@@ -38,6 +38,18 @@ pub trait Session: Send + 'static {
     /// before it returns the future, not inside it: `wsup shell` sets the terminal size
     /// that way.
     fn run(self, link: Link) -> impl Future<Output = ()> + Send + 'static;
+
+    /// How many messages to the server may wait in the link at once: queued while
+    /// offline, or not yet taken by the supervisor. Past it, [`Link::send`] waits.
+    ///
+    /// The default, [`LINK_CAPACITY`], suits a session that sends as it goes. A session
+    /// that queues input while offline under its own byte budget (see
+    /// [`Outbound::permit`]) asks for enough room that the budget, not this count, is
+    /// what stops it: `wsup connect` queues up to 1 MiB of lines, however short. The
+    /// supervisor asks once, before [`Session::run`]; room is not allocated up front.
+    fn outbound_capacity(&self) -> usize {
+        LINK_CAPACITY
+    }
 }
 
 /// A message on its way to the server. It may carry a permit from the session's own
@@ -143,8 +155,9 @@ impl InboundBudget {
 pub struct Link {
     /// Payloads from the server, in order. `None` once the supervisor has stopped.
     pub inbound: Inbound,
-    /// Payloads to the server. Sent while connected, queued (in this channel) while
-    /// offline. Dropping it means "nothing more to send": close 1000 once sent.
+    /// Payloads to the server. Sent while connected, queued (in this channel, up to
+    /// [`Session::outbound_capacity`] messages) while offline. Dropping it means
+    /// "nothing more to send": close 1000 once sent.
     pub outbound: mpsc::Sender<Outbound>,
     pub control: mpsc::Sender<Control>,
     pub dial_query: DialQuery,
@@ -172,8 +185,9 @@ pub(crate) struct LinkEnds {
     pub dial_query: DialQuery,
 }
 
-/// How many messages may wait in each direction between driver and session. The byte
-/// budget for queued input is the session's (see [`Outbound::permit`]).
+/// How many messages may wait in each direction between driver and session, unless a
+/// session asks for more outbound room ([`Session::outbound_capacity`]). The byte budget
+/// for queued input is the session's (see [`Outbound::permit`]).
 pub const LINK_CAPACITY: usize = 64;
 
 /// Bytes of server payloads that may wait for the session before the supervisor stops
@@ -182,9 +196,10 @@ pub const LINK_CAPACITY: usize = 64;
 /// buffer (docs/benchmarks.md); small messages are bounded by [`LINK_CAPACITY`] first.
 pub const INBOUND_BYTES: usize = 64 << 10;
 
-pub(crate) fn link() -> (Link, LinkEnds) {
+/// A link whose outbound side holds up to `outbound_capacity` messages (at least one).
+pub(crate) fn link(outbound_capacity: usize) -> (Link, LinkEnds) {
     let (inbound_tx, inbound_rx) = mpsc::channel(LINK_CAPACITY);
-    let (outbound_tx, outbound_rx) = mpsc::channel(LINK_CAPACITY);
+    let (outbound_tx, outbound_rx) = mpsc::channel(outbound_capacity.max(1));
     let (control_tx, control_rx) = mpsc::channel(8);
     let dial_query = DialQuery::default();
     let inbound_budget = Arc::new(InboundBudget::default());
