@@ -34,6 +34,8 @@ pub enum Failure {
         /// `None` for a network failure (no HTTP answer at all).
         status: Option<u16>,
         detail: String,
+        /// The endpoint's `Retry-After` (429, 503), already converted to a delay.
+        retry_after: Option<Duration>,
     },
     /// A local failure that is not the network's or the server's fault.
     Internal(String),
@@ -262,6 +264,7 @@ impl fmt::Display for Failure {
             Failure::Refresh {
                 status: Some(status),
                 detail,
+                ..
             } => {
                 write!(f, "token endpoint answered HTTP {status}")?;
                 if !detail.is_empty() {
@@ -272,6 +275,7 @@ impl fmt::Display for Failure {
             Failure::Refresh {
                 status: None,
                 detail,
+                ..
             } => {
                 write!(
                     f,
@@ -339,7 +343,9 @@ impl Failure {
     /// A floor for the next backoff delay the server asked for.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Failure::Http { retry_after, .. } => *retry_after,
+            Failure::Http { retry_after, .. } | Failure::Refresh { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

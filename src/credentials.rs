@@ -8,7 +8,7 @@
 //! that the server rejected, and an implementation that finds it already replaced
 //! (another supervisor refreshed meanwhile) returns at once without a second request.
 
-use crate::classify::Failure;
+use crate::classify::{parse_retry_after, Failure};
 use crate::transport::{is_header_safe, NOT_HEADER_SAFE};
 use std::fmt;
 use std::future::Future;
@@ -419,22 +419,32 @@ impl CredentialsFile {
                 status: None,
                 // reqwest's error names the URL, never the form body.
                 detail: e.without_url().to_string(),
+                retry_after: None,
             })?;
         let status = response.status().as_u16();
+        // "Retry-After raises the delay": for the token endpoint as for the handshake.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| parse_retry_after(value, SystemTime::now()));
         let body = response.bytes().await.map_err(|e| Failure::Refresh {
             status: None,
             detail: e.without_url().to_string(),
+            retry_after: None,
         })?;
         if !(200..300).contains(&status) {
             return Err(Failure::Refresh {
                 status: Some(status),
                 detail: oauth_error_code(&body).unwrap_or_default(),
+                retry_after,
             });
         }
         let parsed: TokenResponse =
             serde_json::from_slice(&body).map_err(|_| Failure::Refresh {
                 status: Some(status),
                 detail: "the response is not the expected JSON".into(),
+                retry_after: None,
             })?;
         // Trimmed like a token read from the file or from --token-env.
         let Some(access_token) = parsed
@@ -445,6 +455,7 @@ impl CredentialsFile {
             return Err(Failure::Refresh {
                 status: Some(status),
                 detail: "the response has no access_token".into(),
+                retry_after: None,
             });
         };
         // A token that cannot be sent is as useless as no token: the same failure, never
@@ -453,6 +464,7 @@ impl CredentialsFile {
             return Err(Failure::Refresh {
                 status: Some(status),
                 detail: format!("the response's access_token {NOT_HEADER_SAFE}"),
+                retry_after: None,
             });
         }
         let expiration = parsed.expires_in.map(|secs| {

@@ -992,13 +992,19 @@ mod tests {
             status: 403,
             retry_after: None,
         }));
+        // The token endpoint's Retry-After raises the delay, as the handshake's does.
         let fx = m.handle(Event::RefreshDone(Err(Failure::Refresh {
             status: Some(503),
             detail: String::new(),
+            retry_after: Some(Duration::from_secs(7)),
         })));
-        assert!(fx
-            .iter()
-            .any(|e| matches!(e, Effect::StartTimer(TimerKind::Backoff, _))));
+        assert!(
+            fx.iter().any(|e| matches!(
+                e,
+                Effect::StartTimer(TimerKind::Backoff, delay) if *delay >= Duration::from_secs(7)
+            )),
+            "{fx:?}"
+        );
         let fx = m.handle(Event::Timer(TimerKind::Backoff));
         assert!(fx.contains(&Effect::Refresh), "{fx:?}");
     }
@@ -1015,6 +1021,7 @@ mod tests {
         let fx = m.handle(Event::RefreshDone(Err(Failure::Refresh {
             status: Some(400),
             detail: "invalid_grant".into(),
+            retry_after: None,
         })));
         assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
     }

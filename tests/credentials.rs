@@ -25,6 +25,15 @@ struct TokenEndpoint {
 
 impl TokenEndpoint {
     async fn start(replies: Vec<(u16, String)>) -> TokenEndpoint {
+        let replies = replies
+            .into_iter()
+            .map(|(status, body)| (status, body, String::new()))
+            .collect();
+        TokenEndpoint::start_with_headers(replies).await
+    }
+
+    /// Each reply with extra header lines (each ending in `\r\n`).
+    async fn start_with_headers(replies: Vec<(u16, String, String)>) -> TokenEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/token", listener.local_addr().unwrap());
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -33,7 +42,7 @@ impl TokenEndpoint {
         tokio::spawn(async move {
             let mut served = 0usize;
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (status, body) = replies[served.min(replies.len() - 1)].clone();
+                let (status, body, headers) = replies[served.min(replies.len() - 1)].clone();
                 served += 1;
                 let recorded = recorded.clone();
                 let served_tx = served_tx.clone();
@@ -42,7 +51,7 @@ impl TokenEndpoint {
                     recorded.lock().unwrap().push(request);
                     served_tx.send_modify(|n| *n += 1);
                     let reply = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
                         body.len()
                     );
                     let _ = stream.write_all(reply.as_bytes()).await;
@@ -336,6 +345,7 @@ async fn failed_refreshes_never_touch_the_file() {
             Failure::Refresh {
                 status: s,
                 detail: d,
+                ..
             } => {
                 assert_eq!(*s, status, "{reply:?}");
                 assert!(d.contains(detail), "{reply:?}: {d}");
@@ -349,6 +359,32 @@ async fn failed_refreshes_never_touch_the_file() {
             "{reply:?}"
         );
         assert_eq!(creds.authorization().unwrap(), rejected);
+    }
+}
+
+#[tokio::test]
+async fn the_token_endpoints_retry_after_comes_with_its_failure() {
+    for (status, header, expected) in [
+        (429, "retry-after: 3\r\n", Some(Duration::from_secs(3))),
+        (503, "Retry-After: 2\r\n", Some(Duration::from_secs(2))),
+        (503, "", None),
+    ] {
+        let endpoint =
+            TokenEndpoint::start_with_headers(vec![(status, "busy".into(), header.into())]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(
+            &dir,
+            &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
+        );
+        let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+        let rejected = creds.authorization().unwrap();
+        let err = creds.refresh(Some(&rejected)).await.unwrap_err();
+        assert!(
+            matches!(err, Failure::Refresh { status: Some(s), .. } if s == status),
+            "{err:?}"
+        );
+        // What the machine's backoff takes as its floor.
+        assert_eq!(err.retry_after(), expected, "{status} {header:?}");
     }
 }
 

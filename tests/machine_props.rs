@@ -281,6 +281,7 @@ fn refresh_result() -> impl Strategy<Value = Result<(), Failure>> {
             .prop_map(|status| Err(Failure::Refresh {
                 status,
                 detail: String::new(),
+                retry_after: None,
             })),
     ]
 }
