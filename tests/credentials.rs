@@ -124,6 +124,17 @@ fn creds_json(access: &str, expiration: &str, refresh: &str, token_url: &str) ->
     .to_string()
 }
 
+/// A credentials file (`a1`, expiring in 2099, refresh token `r1`) in a fresh directory,
+/// which lives as long as the returned guard.
+fn long_lived_file(token_url: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(
+        &dir,
+        &creds_json("a1", "2099-01-01T00:00:00Z", "r1", token_url),
+    );
+    (dir, path)
+}
+
 fn ok_reply(token: &str, expires_in: u64, refresh: Option<&str>) -> (u16, String) {
     let mut body = serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"});
     if let Some(r) = refresh {
@@ -371,11 +382,7 @@ async fn the_token_endpoints_retry_after_comes_with_its_failure() {
     ] {
         let endpoint =
             TokenEndpoint::start_with_headers(vec![(status, "busy".into(), header.into())]).await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = write_file(
-            &dir,
-            &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
-        );
+        let (_dir, path) = long_lived_file(&endpoint.url);
         let creds = CredentialsFile::load(&path, "Bearer").unwrap();
         let rejected = creds.authorization().unwrap();
         let err = creds.refresh(Some(&rejected)).await.unwrap_err();
@@ -393,8 +400,7 @@ async fn an_unreachable_token_endpoint_is_a_transient_network_failure() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/token", closed.local_addr().unwrap());
     drop(closed);
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(&dir, &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &url));
+    let (_dir, path) = long_lived_file(&url);
     let creds = CredentialsFile::load(&path, "Bearer").unwrap();
     let err = creds.refresh(None).await;
     // A proactive refresh of a token that is not expiring is a no-op...
@@ -414,11 +420,7 @@ async fn an_unreachable_token_endpoint_is_a_transient_network_failure() {
 #[tokio::test]
 async fn concurrent_refreshes_in_one_process_make_one_token_request() {
     let endpoint = TokenEndpoint::start(vec![ok_reply("a2", 3600, Some("r2"))]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(
-        &dir,
-        &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
-    );
+    let (_dir, path) = long_lived_file(&endpoint.url);
     let creds = Arc::new(CredentialsFile::load(&path, "Bearer").unwrap());
     let rejected = creds.authorization().unwrap();
     let tasks: Vec<_> = (0..10)
@@ -439,11 +441,7 @@ async fn concurrent_refreshes_in_one_process_make_one_token_request() {
 #[tokio::test]
 async fn a_token_refreshed_by_another_process_is_reused() {
     let endpoint = TokenEndpoint::start(vec![ok_reply("a2", 3600, Some("r2"))]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(
-        &dir,
-        &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
-    );
+    let (_dir, path) = long_lived_file(&endpoint.url);
     let first = CredentialsFile::load(&path, "Bearer").unwrap();
     let second = CredentialsFile::load(&path, "Bearer").unwrap();
     let rejected = first.authorization().unwrap();
@@ -459,11 +457,7 @@ async fn invalid_grant_after_another_process_rotated_the_refresh_token_is_not_fa
     // The other process refreshed between our load and our request: our refresh token
     // is dead, but the file holds a new one.
     let endpoint = TokenEndpoint::start(vec![(400, r#"{"error":"invalid_grant"}"#.into())]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(
-        &dir,
-        &creds_json("a1", "2099-01-01T00:00:00Z", "r1", &endpoint.url),
-    );
+    let (_dir, path) = long_lived_file(&endpoint.url);
     let creds = CredentialsFile::load(&path, "Bearer").unwrap();
     let rejected = creds.authorization().unwrap();
     // Same access token, rotated refresh token: the first re-read does not adopt it,
