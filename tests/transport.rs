@@ -465,8 +465,19 @@ fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-/// A wss server for one connection that echoes one message.
-async fn tls_echo_server() -> SocketAddr {
+/// A wss server for one connection: `serve` gets the websocket once the TLS and
+/// websocket handshakes are done (nothing, when the client rejects our certificate).
+async fn tls_server_once<F, Fut>(serve: F) -> SocketAddr
+where
+    F: FnOnce(
+            tokio_tungstenite::WebSocketStream<
+                tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+            >,
+        ) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tls_acceptor();
@@ -475,12 +486,19 @@ async fn tls_echo_server() -> SocketAddr {
         let Ok(tls) = acceptor.accept(stream).await else {
             return; // the client rejected our certificate
         };
-        let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+        serve(tokio_tungstenite::accept_async(tls).await.unwrap()).await;
+    });
+    addr
+}
+
+/// A wss server for one connection that echoes one message.
+async fn tls_echo_server() -> SocketAddr {
+    tls_server_once(|mut ws| async move {
         if let Some(Ok(message)) = ws.next().await {
             let _ = ws.send(message).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
@@ -537,15 +555,7 @@ async fn wss_by_host_name_checks_the_name_and_tries_every_address() {
 /// A TLS server that sends a large message, then closes with `code` and `reason`.
 async fn tls_closing_server(code: u16, reason: &'static str) -> SocketAddr {
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tls_acceptor();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let Ok(tls) = acceptor.accept(stream).await else {
-            return;
-        };
-        let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+    tls_server_once(move |mut ws| async move {
         let _ = ws.send(Message::binary(vec![0x88; 100_000])).await;
         let frame = CloseFrame {
             code: code.into(),
@@ -553,8 +563,8 @@ async fn tls_closing_server(code: u16, reason: &'static str) -> SocketAddr {
         };
         let _ = ws.send(Message::Close(Some(frame))).await;
         while let Some(Ok(_)) = ws.next().await {}
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]
