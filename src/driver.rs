@@ -206,7 +206,6 @@ impl Supervisor {
             outbound_done: false,
             session_gone: false,
             liveness_deferred: false,
-            liveness_window: self.config.machine.ping_interval + self.config.machine.pong_timeout,
             effects: Vec::with_capacity(8),
             outcome: None,
         };
@@ -313,8 +312,6 @@ struct Driver<D: Dialer> {
     session_gone: bool,
     /// The liveness deadline passed while reads were paused for the session.
     liveness_deferred: bool,
-    /// `ping_interval + pong_timeout`: how long the server may stay silent.
-    liveness_window: Duration,
     effects: Vec<Effect>,
     outcome: Option<Outcome>,
 }
@@ -347,7 +344,8 @@ impl<D: Dialer> Driver<D> {
                 // Reading again: the server gets a whole window from now to be heard.
                 self.liveness_deferred = false;
                 if self.machine.is_connected() {
-                    self.timers.start(TimerKind::Liveness, self.liveness_window);
+                    let window = self.machine.config().liveness_window();
+                    self.timers.start(TimerKind::Liveness, window);
                 }
             }
             let event = tokio::select! {

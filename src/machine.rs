@@ -193,6 +193,14 @@ pub struct MachineConfig {
     pub redial_after_connected: bool,
 }
 
+impl MachineConfig {
+    /// How long the server may stay silent before the connection is declared dead:
+    /// `ping_interval + pong_timeout`.
+    pub fn liveness_window(&self) -> Duration {
+        self.ping_interval + self.pong_timeout
+    }
+}
+
 impl Default for MachineConfig {
     fn default() -> Self {
         MachineConfig {
@@ -495,7 +503,7 @@ impl Core {
 
 impl Core {
     fn liveness(&self) -> Duration {
-        self.config.ping_interval + self.config.pong_timeout
+        self.config.liveness_window()
     }
 
     /// Dial next, unless the token is about to expire and can be refreshed first.
