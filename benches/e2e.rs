@@ -417,6 +417,17 @@ fn wsup_command() -> Command {
     command
 }
 
+/// [`wsup_command`] with `TOKIO_WORKER_THREADS` set to `workers`, or, for `None`, removed
+/// (so the binary's own default of one worker applies whatever the bench inherited).
+fn wsup_command_with_workers(workers: Option<usize>) -> Command {
+    let mut command = wsup_command();
+    match workers {
+        Some(n) => command.env("TOKIO_WORKER_THREADS", n.to_string()),
+        None => command.env_remove("TOKIO_WORKER_THREADS"),
+    };
+    command
+}
+
 /// Reads lines from a pipe on a thread; the first line matching `pick` is returned, the
 /// rest is drained so that the child never blocks on a full pipe.
 fn first_line(
@@ -451,13 +462,9 @@ fn spawn_wsup_serve(script: &str) -> (Proc, SocketAddr) {
     spawn_wsup_serve_with(script, None)
 }
 
-/// `workers`: `TOKIO_WORKER_THREADS` for the process (the binary's default is one).
+/// `workers`: see [`wsup_command_with_workers`].
 fn spawn_wsup_serve_with(script: &str, workers: Option<usize>) -> (Proc, SocketAddr) {
-    let mut command = wsup_command();
-    if let Some(n) = workers {
-        command.env("TOKIO_WORKER_THREADS", n.to_string());
-    }
-    let mut child = command
+    let mut child = wsup_command_with_workers(workers)
         .args(["serve", "--listen", "127.0.0.1:0", "--script", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -476,11 +483,7 @@ fn spawn_wsup_serve_with(script: &str, workers: Option<usize>) -> (Proc, SocketA
 
 /// `wsup port-forward ws://SERVER/ --listen 127.0.0.1:0`: (process, listen address).
 fn spawn_wsup_forward(server: SocketAddr, workers: Option<usize>) -> (Proc, SocketAddr) {
-    let mut command = wsup_command();
-    if let Some(n) = workers {
-        command.env("TOKIO_WORKER_THREADS", n.to_string());
-    }
-    let mut child = command
+    let mut child = wsup_command_with_workers(workers)
         .args([
             "port-forward",
             &format!("ws://{server}/"),
