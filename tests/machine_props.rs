@@ -354,6 +354,20 @@ struct Setup {
 }
 
 impl Setup {
+    /// Issue #4's scenario: a refreshable token that is not about to expire (and does
+    /// not drift), a session that redials after a connection ends.
+    fn issue_4(self) -> Setup {
+        Setup {
+            redial_after_connected: true,
+            creds: CredentialState {
+                refreshable: true,
+                expiring_soon: false,
+            },
+            expiry_drifts: false,
+            ..self
+        }
+    }
+
     fn config(&self) -> MachineConfig {
         MachineConfig {
             rules: ClassifyRules {
@@ -1162,12 +1176,7 @@ proptest! {
         setup in setups_with(any_max_retries(), Just(true).boxed()),
         chatter in chatter(),
     ) {
-        let setup = Setup {
-            redial_after_connected: true,
-            creds: CredentialState { refreshable: true, expiring_soon: false },
-            expiry_drifts: false,
-            ..setup
-        };
+        let setup = setup.issue_4();
         let mut machine = setup.machine();
         let mut effects = machine.handle(Event::Start);
         let mut log = effects.clone();
@@ -1230,12 +1239,7 @@ proptest! {
         rejection in rejection(),
         endpoint in prop::collection::vec(refresh_result(), 0..6),
     ) {
-        let setup = Setup {
-            redial_after_connected: true,
-            creds: CredentialState { refreshable: true, expiring_soon: false },
-            expiry_drifts: false,
-            ..setup
-        };
+        let setup = setup.issue_4();
         let mut machine = setup.machine();
         // Once the scripted answers run out, the endpoint works.
         let mut endpoint = endpoint.into_iter().chain(std::iter::repeat(Ok(())));
