@@ -403,8 +403,7 @@ impl<D: Dialer> Driver<D> {
                     match permit {
                         Ok(permit) => {
                             let message = self.pending_delivery.take().expect("guarded");
-                            self.ends.inbound_budget.delivered(message.len());
-                            permit.send(message);
+                            self.ends.inbound_budget.deliver(permit, message);
                             continue;
                         }
                         Err(_) => {
@@ -509,11 +508,7 @@ impl<D: Dialer> Driver<D> {
                     return None;
                 }
                 match self.ends.inbound.try_reserve() {
-                    Ok(permit) => {
-                        // Counted before it can be taken.
-                        self.ends.inbound_budget.delivered(message.len());
-                        permit.send(message);
-                    }
+                    Ok(permit) => self.ends.inbound_budget.deliver(permit, message),
                     Err(mpsc::error::TrySendError::Full(())) => {
                         self.pending_delivery = Some(message);
                     }
@@ -582,8 +577,7 @@ impl<D: Dialer> Driver<D> {
             if let Ok(Ok(permit)) =
                 tokio::time::timeout_at(deadline, self.ends.inbound.reserve()).await
             {
-                self.ends.inbound_budget.delivered(message.len());
-                permit.send(message);
+                self.ends.inbound_budget.deliver(permit, message);
             }
         }
         // Closing our ends tells the session the supervisor has stopped.

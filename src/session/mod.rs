@@ -131,8 +131,11 @@ impl InboundBudget {
         self.waiting.load(Ordering::Acquire) < INBOUND_BYTES
     }
 
-    pub(crate) fn delivered(&self, bytes: usize) {
-        self.waiting.fetch_add(bytes, Ordering::AcqRel);
+    /// Hands `message` to the session, counted before it can be taken: every delivery
+    /// goes through here, so what [`Inbound::recv`] subtracts was always added.
+    pub(crate) fn deliver(&self, permit: mpsc::Permit<'_, Message>, message: Message) {
+        self.waiting.fetch_add(message.len(), Ordering::AcqRel);
+        permit.send(message);
     }
 
     fn taken(&self, bytes: usize) {
