@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the pure parts: machine dispatch per event, classification,
 //! backoff. Run with `cargo bench --bench machine`.
 
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use std::hint::black_box;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use wsup::backoff::{Backoff, BackoffPolicy, Jitter};

@@ -6,8 +6,6 @@
 //! instead of having them return in waves. The random source is injected so the
 //! machine stays deterministic under test.
 
-use rand::rngs::SmallRng;
-use rand::{RngCore, SeedableRng};
 use std::fmt;
 use std::time::Duration;
 
@@ -44,27 +42,55 @@ impl BackoffPolicy {
     }
 }
 
-/// The source of jitter. Seeded in tests, from the OS in production.
-pub struct Jitter(Box<dyn RngCore + Send>);
+/// The source of jitter. Seeded in tests, from the OS in production; either way the seed
+/// is kept, so a session's delays can be reproduced from it.
+pub struct Jitter {
+    source: JitterSource,
+    seed: Option<u64>,
+}
+
+enum JitterSource {
+    Seeded(fastrand::Rng),
+    Custom(Box<dyn FnMut() -> u64 + Send>),
+}
 
 impl Jitter {
+    /// A source seeded from the OS's randomness.
     pub fn from_entropy() -> Self {
-        Jitter(Box::new(SmallRng::from_entropy()))
+        Jitter::seeded(fastrand::Rng::new().u64(..))
     }
 
     pub fn seeded(seed: u64) -> Self {
-        Jitter(Box::new(SmallRng::seed_from_u64(seed)))
+        Jitter {
+            source: JitterSource::Seeded(fastrand::Rng::with_seed(seed)),
+            seed: Some(seed),
+        }
     }
 
-    /// Any source at all, e.g. one that always returns the ceiling.
-    pub fn from_rng(rng: impl RngCore + Send + 'static) -> Self {
-        Jitter(Box::new(rng))
+    /// Any source of 64 random bits at all, e.g. one that always returns the ceiling.
+    pub fn from_fn(next_u64: impl FnMut() -> u64 + Send + 'static) -> Self {
+        Jitter {
+            source: JitterSource::Custom(Box::new(next_u64)),
+            seed: None,
+        }
+    }
+
+    /// The seed this source started from (`None` for a [`Jitter::from_fn`] source).
+    pub fn seed(&self) -> Option<u64> {
+        self.seed
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        match &mut self.source {
+            JitterSource::Seeded(rng) => rng.u64(..),
+            JitterSource::Custom(next) => next(),
+        }
     }
 
     /// A uniformly random duration in `[0, ceiling]`.
     fn below(&mut self, ceiling: Duration) -> Duration {
         // 53 random bits as a fraction of [0, 1] inclusive, so the ceiling is reachable.
-        let unit = (self.0.next_u64() >> 11) as f64 / ((1u64 << 53) - 1) as f64;
+        let unit = (self.next_u64() >> 11) as f64 / ((1u64 << 53) - 1) as f64;
         ceiling.mul_f64(unit)
     }
 }
@@ -155,7 +181,7 @@ mod tests {
             initial: Duration::from_secs(10),
             ..BackoffPolicy::default()
         };
-        let mut b = Backoff::new(policy, Jitter::from_rng(MaxRng));
+        let mut b = Backoff::new(policy, Jitter::from_fn(|| u64::MAX));
         assert_eq!(
             b.delay(1, Some(Duration::from_millis(1))),
             Duration::from_secs(10)
@@ -169,23 +195,5 @@ mod tests {
             b.delay(1, Some(Duration::from_secs(86_400))),
             RETRY_AFTER_CAP
         );
-    }
-
-    /// A random source that always yields the top of the range.
-    struct MaxRng;
-    impl RngCore for MaxRng {
-        fn next_u32(&mut self) -> u32 {
-            u32::MAX
-        }
-        fn next_u64(&mut self) -> u64 {
-            u64::MAX
-        }
-        fn fill_bytes(&mut self, dest: &mut [u8]) {
-            dest.fill(0xff)
-        }
-        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
-            dest.fill(0xff);
-            Ok(())
-        }
     }
 }

@@ -294,7 +294,12 @@ impl CredentialsFile {
             path: path.display().to_string(),
             reason,
         })?;
+        let tls = crate::tls::client_config(Vec::new()).map_err(|reason| CredentialsFileError {
+            path: path.display().to_string(),
+            reason: format!("cannot set up TLS for the token endpoint: {reason}"),
+        })?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .timeout(TOKEN_REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())

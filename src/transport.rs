@@ -22,6 +22,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -244,7 +245,7 @@ pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UsageE
         reason,
     };
     let bytes = std::fs::read(path).map_err(|err| error(format!("cannot read it: {err}")))?;
-    let certs = rustls_pemfile::certs(&mut bytes.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| error(format!("not a valid PEM file: {err}")))?;
     if certs.is_empty() {
@@ -358,39 +359,7 @@ impl Transport {
             }
         }
 
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        // Native roots are a bonus on top of the web PKI: a machine without a readable
-        // system store can still reach public servers, so load errors are only logged.
-        let native = rustls_native_certs::load_native_certs();
-        if !native.errors.is_empty() {
-            tracing::debug!(
-                target: "wsup::transport",
-                errors = native.errors.len(),
-                "some system root certificates could not be loaded"
-            );
-        }
-        let (added, ignored) = roots.add_parsable_certificates(native.certs);
-        tracing::debug!(
-            target: "wsup::transport",
-            added,
-            ignored,
-            "system root certificates"
-        );
-        for (index, cert) in cfg.extra_ca_certs.into_iter().enumerate() {
-            roots.add(cert).map_err(|err| {
-                UsageError::TlsSetup(format!(
-                    "CA certificate #{} cannot be used as a trust anchor: {err}",
-                    index + 1
-                ))
-            })?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|err| UsageError::TlsSetup(err.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::tls::client_config(cfg.extra_ca_certs).map_err(UsageError::TlsSetup)?;
 
         let write_buffer_size = cfg.write_buffer_size;
         // The write buffer grows past `write_buffer_size` only while the socket is not
@@ -669,7 +638,7 @@ pub fn failure_from_ws_error(err: tungstenite::Error) -> Failure {
             code: 1002,
             detail: err.to_string(),
         },
-        Error::Utf8 => Failure::Violation {
+        Error::Utf8(_) => Failure::Violation {
             code: 1007,
             detail: "a text message that is not valid UTF-8".into(),
         },
@@ -793,7 +762,7 @@ mod tests {
             .body(None)
             .unwrap();
         assert_eq!(
-            failure_from_ws_error(Error::Http(response)),
+            failure_from_ws_error(Error::Http(Box::new(response))),
             Failure::Http {
                 status: 429,
                 retry_after: Some(Duration::from_secs(12))
@@ -805,7 +774,7 @@ mod tests {
             .header("retry-after", later)
             .body(None)
             .unwrap();
-        match failure_from_ws_error(Error::Http(response)) {
+        match failure_from_ws_error(Error::Http(Box::new(response))) {
             Failure::Http {
                 status: 503,
                 retry_after: Some(delay),
@@ -818,7 +787,7 @@ mod tests {
             .body(None)
             .unwrap();
         assert_eq!(
-            failure_from_ws_error(Error::Http(response)),
+            failure_from_ws_error(Error::Http(Box::new(response))),
             Failure::Http {
                 status: 401,
                 retry_after: None
@@ -839,7 +808,7 @@ mod tests {
         }
         let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
         assert!(matches!(
-            failure_from_ws_error(Error::Tls(TlsError::Rustls(alert))),
+            failure_from_ws_error(Error::Tls(TlsError::Rustls(Box::new(alert)))),
             Failure::Tls(_)
         ));
         assert!(matches!(
@@ -872,7 +841,7 @@ mod tests {
             Failure::Violation { code: 1002, .. }
         ));
         assert!(matches!(
-            failure_from_ws_error(Error::Utf8),
+            failure_from_ws_error(Error::Utf8(String::new())),
             Failure::Violation { code: 1007, .. }
         ));
         assert!(matches!(

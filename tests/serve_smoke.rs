@@ -52,7 +52,7 @@ fn refusal(
     result: Result<Client, tungstenite::Error>,
 ) -> tungstenite::http::Response<Option<Vec<u8>>> {
     match result {
-        Err(tungstenite::Error::Http(response)) => response,
+        Err(tungstenite::Error::Http(response)) => *response,
         Err(other) => panic!("expected an HTTP refusal, got {other:?}"),
         Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
     }

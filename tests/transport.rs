@@ -27,6 +27,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use wsup::classify::{Failure, NetworkKind};
@@ -452,9 +453,7 @@ async fn unknown_host_is_a_dns_failure() {
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
     let certs = load_ca_certs(&fixture("localhost-cert.pem")).unwrap();
     let key_pem = std::fs::read(fixture("localhost-key.pem")).unwrap();
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .unwrap()
-        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -4,7 +4,9 @@
 //! 1004, 1016–2999, 1..=999, 5000 and up; also 1005, 1006 and 1015, which RFC 6455 says
 //! never travel in a frame) into `1002 "Protocol violation"` before anyone sees it. The
 //! server's code and reason are lost, and a transient 1014 ("bad gateway") would be
-//! reported as a permanent protocol error.
+//! reported as a permanent protocol error. tungstenite 0.30 still does this
+//! (`CloseCode::is_allowed` in `WebSocketContext::do_close`; upstream issue
+//! snapview/tungstenite-rs#502, open), so the observer stays.
 //!
 //! [`CloseObserver`] sits between tungstenite and the (decrypted) byte stream. It passes
 //! every byte through untouched and, after the HTTP upgrade response, follows the
