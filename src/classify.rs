@@ -15,7 +15,9 @@ pub enum Failure {
     /// The server broke the websocket protocol or its limits, as detected here (the
     /// server sent no close frame): `code` is the close code that names the violation
     /// (1002 protocol error, 1007 invalid UTF-8, 1009 too big) and decides the class, as
-    /// if the server had closed with it; `detail` is wsup's description.
+    /// if the server had closed with it; `detail` is wsup's description. A close frame
+    /// with code 1005 on the wire is also kept as a violation (1002), because a bare
+    /// `Close { code: 1005 }` means "no status code".
     Violation { code: u16, detail: String },
     /// The HTTP upgrade was answered with a non-101 status.
     Http {
@@ -121,16 +123,29 @@ impl ClassifyRules {
     pub fn classify_close(&self, code: u16, reason: &str) -> Class {
         match code {
             1000 => Class::Done,
-            1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 1014 => Class::Transient,
+            // 1005 here is a close frame without a status code (legal on the wire): a
+            // 1005 *on the wire* never gets here, see `Failure::from_received_close`.
+            1001 | 1005 | 1011 | 1012 | 1013 | 1014 => Class::Transient,
             1008 | 3000 | 3003 => Class::Auth,
             1007 if reason_denies_permission(reason) => Class::Permission,
             1003 | 1007 | 1009 => Class::RejectedData,
             1002 | 1010 | 1015 => Class::Permanent,
             4000..=4999 if self.retry_close_codes.contains(&code) => Class::Transient,
             4000..=4999 => Class::Permanent,
-            _ => Class::Transient,
+            // Registered and private codes this table does not list.
+            3000..=3999 => Class::Transient,
+            // A code RFC 6455 and the IANA registry forbid on the wire: the server broke
+            // the protocol, and a server that does so will do it again.
+            _ => Class::Permanent,
         }
     }
+}
+
+/// Whether RFC 6455 (§7.4) and the IANA registry allow `code` in a close frame: 1000–1003,
+/// 1007–1014 and 3000–4999. 1004 is reserved; 1005, 1006 and 1015 only report what
+/// happened locally and must never be sent; 0–999, 1016–2999 and 5000+ are unassigned.
+pub fn close_code_valid_on_wire(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// A 1007 close is "invalid payload data" by the RFC, but gateways reuse it for
@@ -222,6 +237,17 @@ pub fn close_code_name(code: u16) -> &'static str {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            // 1005 is how a close frame without a status code is kept; any other invalid
+            // code was on the wire.
+            Failure::Close { code, reason }
+                if *code != 1005 && !close_code_valid_on_wire(*code) =>
+            {
+                write!(f, "server sent an invalid close code {code}")?;
+                if !reason.is_empty() {
+                    write!(f, " ({})", escape_untrusted(reason))?;
+                }
+                Ok(())
+            }
             Failure::Close { code, reason } if reason.is_empty() => {
                 write!(f, "server closed {code} ({})", close_code_name(*code))
             }
@@ -303,8 +329,10 @@ impl Failure {
     /// 5000 and up, and 1005, 1006, 1015, which must never be sent) into `1002 "Protocol
     /// violation"`. That is not what the server said: when `frame` is that rewrite and the
     /// wire had such a code, the server's own code and reason are classified instead
-    /// (1014 and unknown codes transient, 1005 and 1006 transient, 1015 permanent, as the
-    /// table says). A genuine 1002 from the server stays 1002 with its own reason.
+    /// (1014 transient as the table says; codes forbidden on the wire permanent, "server
+    /// sent an invalid close code N"). A 1005 on the wire becomes a violation: a bare
+    /// `Close { code: 1005 }` stands for a close frame without a status code. A genuine
+    /// 1002 from the server stays 1002 with its own reason.
     pub fn from_received_close(
         frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
         wire: Option<&crate::transport::WireClose>,
@@ -314,6 +342,12 @@ impl Failure {
             let rewritten =
                 frame.code == CloseCode::Protocol && frame.reason.as_str() == "Protocol violation";
             if rewritten && !CloseCode::from(wire.code).is_allowed() {
+                if wire.code == 1005 {
+                    return Failure::Violation {
+                        code: 1002,
+                        detail: "server sent an invalid close code 1005".into(),
+                    };
+                }
                 return Failure::Close {
                     code: wire.code,
                     reason: wire.reason.clone(),
@@ -393,13 +427,33 @@ mod tests {
     }
 
     #[test]
-    fn transient_close_codes_and_unknown_codes_are_transient() {
-        for code in [
-            1001, 1005, 1006, 1012, 1013, 1014, 1004, 2000, 2999, 3500, 5000,
-        ] {
+    fn transient_close_codes_and_unlisted_registered_codes_are_transient() {
+        // 1005: a close frame without a status code.
+        for code in [1001, 1005, 1011, 1012, 1013, 1014, 3001, 3500, 3999] {
             assert_eq!(close(code, ""), Class::Transient, "code {code}");
         }
         assert_eq!(Class::Transient.exit_code(), 75);
+    }
+
+    #[test]
+    fn close_codes_forbidden_on_the_wire_are_permanent_and_named_invalid() {
+        for code in [0, 1, 999, 1004, 1006, 1015, 1016, 2000, 2999, 5000, 65535] {
+            assert!(!close_code_valid_on_wire(code), "code {code}");
+            assert_eq!(close(code, ""), Class::Permanent, "code {code}");
+            let shown = Failure::Close {
+                code,
+                reason: "why".into(),
+            }
+            .to_string();
+            assert_eq!(
+                shown,
+                format!("server sent an invalid close code {code} (why)")
+            );
+        }
+        for code in [1000, 1003, 1007, 1014, 3000, 4999] {
+            assert!(close_code_valid_on_wire(code), "code {code}");
+        }
+        assert!(!close_code_valid_on_wire(1005));
     }
 
     #[test]
@@ -570,12 +624,11 @@ mod tests {
         // Codes tungstenite rewrites: the server's own code and reason.
         for (code, class) in [
             (1014, Class::Transient),
-            (1004, Class::Transient),
-            (2999, Class::Transient),
-            (999, Class::Transient),
-            (5000, Class::Transient),
-            (1005, Class::Transient),
-            (1006, Class::Transient),
+            (1004, Class::Permanent),
+            (2999, Class::Permanent),
+            (999, Class::Permanent),
+            (5000, Class::Permanent),
+            (1006, Class::Permanent),
             (1015, Class::Permanent),
         ] {
             let failure = Failure::from_received_close(Some(&rewrite), Some(&wire(code, "why")));
@@ -586,6 +639,18 @@ mod tests {
                 "code {code}"
             );
         }
+        // 1005 on the wire is not "no status code": a protocol violation.
+        let wire_1005 = Failure::from_received_close(Some(&rewrite), Some(&wire(1005, "why")));
+        assert_eq!(
+            ClassifyRules::default().classify(&wire_1005),
+            Class::Permanent
+        );
+        assert!(
+            wire_1005
+                .to_string()
+                .contains("server sent an invalid close code 1005"),
+            "{wire_1005}"
+        );
         // A genuine 1002, even with tungstenite's words, stays as it is.
         let genuine =
             Failure::from_received_close(Some(&rewrite), Some(&wire(1002, "Protocol violation")));

@@ -14,6 +14,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The exit codes, shown by `--help` of wsup and of every supervising subcommand.
+pub const EXIT_CODES_HELP: &str = "Exit codes: 0 done (the server closed 1000/1001, or \
+    stdin ended and the server closed normally), 2 usage, 65 data rejected, 69 permanent \
+    failure (including a close code forbidden on the wire), 74 output lost, 75 retries \
+    exhausted, 77 auth/permission (also when the server rejects us after stdin ended), \
+    130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wsup",
@@ -21,7 +28,7 @@ use std::time::Duration;
     // Common flags are global, before or after the subcommand: `--version` too.
     propagate_version = true,
     about = "Keep a websocket session alive through dropped networks, server restarts and expiring tokens; stop fast when retrying cannot help.",
-    after_help = "Exit codes: 0 done, 2 usage, 65 data rejected, 69 permanent failure, 75 retries exhausted, 77 auth/permission, 130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error."
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -33,6 +40,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pipe stdin lines to the server as text frames; print what it sends.
+    ///
+    /// At stdin EOF, what is queued is sent, then wsup waits until the server has been
+    /// quiet for --linger before it closes (1000), and prints what still arrives.
+    #[command(after_help = EXIT_CODES_HELP)]
     Connect {
         /// ws:// or wss:// URL
         url: String,
@@ -43,6 +54,7 @@ pub enum Command {
     /// {"type":"resize","cols":C,"rows":R} text frame follows every resize. Ctrl+C is
     /// forwarded while connected and quits (exit 130) while reconnecting. The terminal is
     /// restored on every exit.
+    #[command(after_help = EXIT_CODES_HELP)]
     Shell {
         /// ws:// or wss:// URL
         url: String,
@@ -51,6 +63,7 @@ pub enum Command {
     ///
     /// Reconnects after transient failures; lines the server replays after a reconnect
     /// are not printed twice.
+    #[command(after_help = EXIT_CODES_HELP)]
     Logs {
         /// ws:// or wss:// URL
         url: String,
@@ -63,6 +76,7 @@ pub enum Command {
     /// A tunnel redials only until its websocket is up (--max-retries per tunnel,
     /// default 5); once bytes flow, a lost websocket closes that TCP connection. The
     /// listener survives every tunnel's failure.
+    #[command(after_help = EXIT_CODES_HELP)]
     PortForward {
         /// ws:// or wss:// URL
         url: String,
@@ -159,6 +173,10 @@ pub struct CommonArgs {
     /// Only the final reason for stopping.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// At stdin EOF, keep the connection open until the server has been quiet this long
+    /// (so replies are not cut off), then close; 0 closes at once.
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub linger: Duration,
 }
 
 fn parse_app_close_code(text: &str) -> Result<u16, String> {
@@ -297,6 +315,7 @@ impl CommonArgs {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
                 stable_after: self.stable_after,
+                linger: self.linger,
                 ..MachineConfig::default()
             },
             backoff: BackoffPolicy {

@@ -208,6 +208,8 @@ impl Supervisor {
             liveness_deferred: false,
             effects: Vec::with_capacity(8),
             outcome: None,
+            unsent_at_close: false,
+            carried_over: VecDeque::new(),
         };
         let outcome = driver.run().await;
         driver.finish(session_task, &outcome).await;
@@ -314,6 +316,10 @@ struct Driver<D: Dialer> {
     liveness_deferred: bool,
     effects: Vec<Effect>,
     outcome: Option<Outcome>,
+    /// Whether the last connection ended with messages or our close frame unwritten.
+    unsent_at_close: bool,
+    /// The session's messages the last connection never wrote: queued first on the next.
+    carried_over: VecDeque<Message>,
 }
 
 impl<D: Dialer> Driver<D> {
@@ -379,7 +385,11 @@ impl<D: Dialer> Driver<D> {
                         Event::LocalEof
                     }
                     ConnEvent::Closed(failure) => {
-                        if let Some(conn) = self.conn.take() {
+                        if let Some(mut conn) = self.conn.take() {
+                            self.unsent_at_close = conn.has_unsent();
+                            // Messages the socket never took go out on the next
+                            // connection, if the machine redials.
+                            self.carried_over = conn.take_unsent_messages();
                             conn.retire();
                         }
                         Event::Closed(failure)
@@ -389,7 +399,10 @@ impl<D: Dialer> Driver<D> {
                     self.dialing = None;
                     match dialed {
                         Ok(ws) => {
-                            self.conn = Some(Conn::new(ws, D::wire_close));
+                            let mut conn = Conn::new(ws, D::wire_close);
+                            conn.queue = std::mem::take(&mut self.carried_over);
+                            self.conn = Some(conn);
+                            self.unsent_at_close = false;
                             Event::DialSucceeded
                         }
                         Err(failure) => Event::DialFailed(failure),
@@ -435,6 +448,14 @@ impl<D: Dialer> Driver<D> {
                 }
             };
             self.feed(event);
+            // The session's input ended on an earlier connection (or the session went
+            // away while offline): this connection winds down too.
+            if self.outcome.is_none()
+                && (self.outbound_done || self.session_gone)
+                && self.machine_accepts_outbound()
+            {
+                self.feed(Event::LocalEof);
+            }
         }
         self.outcome.clone().expect("loop ends with an outcome")
     }
@@ -454,6 +475,11 @@ impl<D: Dialer> Driver<D> {
             if !matches!(event, Event::Frame(_)) {
                 self.machine.set_credentials(self.credential_state());
             }
+            let unsent = self
+                .conn
+                .as_ref()
+                .map_or(self.unsent_at_close, Conn::has_unsent);
+            self.machine.set_outbound_pending(unsent);
             // The buffer is taken out and put back so that it is reused: no allocation
             // per event on the data path.
             let mut effects = std::mem::take(&mut self.effects);
@@ -721,6 +747,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         Poll::Pending
     }
 
+    /// Whether anything queued (the session's messages, our close frame) has not reached
+    /// the socket yet.
+    fn has_unsent(&self) -> bool {
+        !self.queue.is_empty() || self.needs_flush
+    }
+
+    /// The session's messages still in the queue (not pings, not close frames).
+    fn take_unsent_messages(&mut self) -> VecDeque<Message> {
+        self.queue
+            .drain(..)
+            .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
+            .collect()
+    }
+
     /// Ready(Ok) once everything queued is written and flushed.
     fn poll_flush_queue(
         &mut self,
@@ -780,19 +820,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     }
 }
 
-const TIMER_KINDS: [TimerKind; 5] = [
+const TIMER_KINDS: [TimerKind; 6] = [
     TimerKind::Backoff,
     TimerKind::Ping,
     TimerKind::Liveness,
     TimerKind::Stable,
     TimerKind::CloseGrace,
+    TimerKind::Linger,
 ];
 
 /// The machine's timers on one tokio `Sleep`. Re-arming a timer to a later deadline
 /// (liveness, on every frame) only stores an `Instant`; the sleep is reset only when the
 /// earliest deadline changes, so the data path does no timer-wheel work.
 struct Timers {
-    deadlines: [Option<Instant>; 5],
+    deadlines: [Option<Instant>; TIMER_KINDS.len()],
     sleep: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
 }
@@ -800,7 +841,7 @@ struct Timers {
 impl Timers {
     fn new() -> Self {
         Timers {
-            deadlines: [None; 5],
+            deadlines: [None; TIMER_KINDS.len()],
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed_for: None,
         }

@@ -7,7 +7,7 @@
 //! │   ├── Dialing { attempt, guards }
 //! │   ├── RefreshingToken { reason, attempt, guards }
 //! │   └── Backoff { attempt, delay, resume, guards }
-//! └── Connected { since_stable, closing, guards }
+//! └── Connected { since_stable, closing, close_sent, guards }
 //! Terminated { outcome }   (absorbing)
 //! ```
 //!
@@ -84,6 +84,10 @@ pub enum TimerKind {
     Stable,
     /// We sent our close frame; stop waiting for the server's.
     CloseGrace,
+    /// The local side finished and the server has been quiet for `linger`: send our
+    /// close frame. Re-armed by every message received while lingering, so that replies
+    /// to the last thing we sent are not cut off.
+    Linger,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,6 +192,9 @@ pub struct MachineConfig {
     pub stable_after: Duration,
     /// After our close frame, how long to wait for the server's.
     pub close_grace: Duration,
+    /// After the local side finished (stdin EOF), how long the server must stay quiet
+    /// before we send our close frame; zero closes at once.
+    pub linger: Duration,
     /// Whether a connection lost after it was established is redialed. A port-forward
     /// tunnel carries a byte stream that cannot be resumed, so it stops instead.
     pub redial_after_connected: bool,
@@ -210,6 +217,7 @@ impl Default for MachineConfig {
             pong_timeout: Duration::from_secs(20),
             stable_after: Duration::from_secs(10),
             close_grace: Duration::from_secs(2),
+            linger: Duration::from_secs(1),
             redial_after_connected: true,
         }
     }
@@ -235,6 +243,9 @@ pub struct Step {
     creds: CredentialState,
     event: &'static str,
     reason: Option<String>,
+    /// Messages or our close frame were still waiting to be written when this event
+    /// came in (set by the driver, like `creds`).
+    outbound_pending: bool,
 }
 
 impl Step {
@@ -292,7 +303,7 @@ impl Core {
                 if *attempt > 0 || guards.refreshed_in_streak {
                     context.push(Effect::Notify(Notice::Reconnected));
                 }
-                Transition(State::connected(false, false, *guards))
+                Transition(State::connected(false, false, false, *guards))
             }
             Event::DialFailed(failure) => {
                 Transition(self.after_failure(context, failure.clone(), *guards))
@@ -385,6 +396,7 @@ impl Core {
         context: &mut Step,
         since_stable: &mut bool,
         closing: &mut bool,
+        close_sent: &mut bool,
         guards: &mut Guards,
         event: &Event,
     ) -> Response<State> {
@@ -394,6 +406,10 @@ impl Core {
                 context.push(Effect::StartTimer(TimerKind::Liveness, self.liveness()));
                 match message {
                     Message::Text(_) | Message::Binary(_) => {
+                        if *closing && !*close_sent {
+                            // The server is still answering: keep lingering.
+                            context.push(Effect::StartTimer(TimerKind::Linger, self.config.linger));
+                        }
                         context.push(Effect::Deliver(message.clone()));
                         Handled
                     }
@@ -416,9 +432,8 @@ impl Core {
                 Handled
             }
             Event::Timer(TimerKind::Liveness) => {
-                // While closing, our close frame is already on its way: do not queue a
-                // second one.
-                if !*closing {
+                // Once our close frame is on its way, do not queue a second one.
+                if !*close_sent {
                     context.push(Effect::Close(
                         CLOSE_GOING_AWAY,
                         "no data received before the liveness deadline".into(),
@@ -432,16 +447,23 @@ impl Core {
                 *guards = Guards::default();
                 Handled
             }
-            Event::Timer(TimerKind::CloseGrace) if *closing => {
+            Event::Timer(TimerKind::CloseGrace) if *close_sent => {
                 Transition(State::terminated(Outcome::Done))
+            }
+            Event::Timer(TimerKind::Linger) if *closing && !*close_sent => {
+                *close_sent = true;
+                self.send_close(context);
+                Handled
             }
             Event::LocalEof if !*closing => {
                 *closing = true;
-                context.push(Effect::Close(1000, String::new()));
-                context.push(Effect::StartTimer(
-                    TimerKind::CloseGrace,
-                    self.config.close_grace,
-                ));
+                if self.config.linger.is_zero() {
+                    *close_sent = true;
+                    self.send_close(context);
+                } else {
+                    // What the session queued goes out first; replies to it may follow.
+                    context.push(Effect::StartTimer(TimerKind::Linger, self.config.linger));
+                }
                 Handled
             }
             Event::UserInterrupt => {
@@ -452,7 +474,7 @@ impl Core {
                 Handled
             }
             Event::Signal(_) => {
-                if !*closing {
+                if !*close_sent {
                     context.push(Effect::Close(CLOSE_GOING_AWAY, String::new()));
                 }
                 Super
@@ -483,6 +505,7 @@ impl Core {
             TimerKind::Liveness,
             TimerKind::Stable,
             TimerKind::CloseGrace,
+            TimerKind::Linger,
         ] {
             context.push(Effect::CancelTimer(kind));
         }
@@ -515,6 +538,15 @@ impl Core {
         }
     }
 
+    /// Our close frame (normal closure), then wait `close_grace` for the server's.
+    fn send_close(&self, context: &mut Step) {
+        context.push(Effect::Close(1000, String::new()));
+        context.push(Effect::StartTimer(
+            TimerKind::CloseGrace,
+            self.config.close_grace,
+        ));
+    }
+
     /// The connection went away after it was established.
     fn after_disconnect(
         &mut self,
@@ -523,8 +555,8 @@ impl Core {
         closing: bool,
         guards: Guards,
     ) -> State {
-        if closing {
-            // We asked to close; whatever the server answered, we are done.
+        if closing && self.ends_a_finished_session(context, &failure) {
+            context.reason = Some(failure.label());
             return State::terminated(Outcome::Done);
         }
         if !self.config.redial_after_connected {
@@ -536,6 +568,27 @@ impl Core {
             });
         }
         self.after_failure(context, failure, guards)
+    }
+
+    /// While we are closing (the local side finished), whether the connection's end is
+    /// the normal end of the session: a close 1000 or 1001 or one without a code, or a
+    /// transient end once everything we queued was written. Anything else (auth,
+    /// permission, rejected data, permanent, or a transient end that lost data) is
+    /// classified as if we were not closing, so the exit code does not depend on whether
+    /// the server's close raced our stdin EOF.
+    fn ends_a_finished_session(&self, context: &Step, failure: &Failure) -> bool {
+        if let Failure::Close {
+            code: 1000 | 1001 | 1005,
+            ..
+        } = failure
+        {
+            return true;
+        }
+        match self.config.rules.classify(failure) {
+            Class::Done => true,
+            Class::Transient => !context.outbound_pending,
+            _ => false,
+        }
     }
 
     /// The heart of the policy: what a failure leads to.
@@ -648,6 +701,7 @@ fn event_name(event: &Event) -> &'static str {
         Event::Timer(TimerKind::Liveness) => "timer_liveness",
         Event::Timer(TimerKind::Stable) => "timer_stable",
         Event::Timer(TimerKind::CloseGrace) => "timer_close_grace",
+        Event::Timer(TimerKind::Linger) => "timer_linger",
         Event::RefreshDone(Ok(())) => "refresh_ok",
         Event::RefreshDone(Err(_)) => "refresh_failed",
         Event::Signal(Sig::Interrupt) => "sigint",
@@ -689,6 +743,13 @@ impl Machine {
     /// Tell the machine what it may do with the credentials (refreshed by the driver).
     pub fn set_credentials(&mut self, creds: CredentialState) {
         self.step.creds = creds;
+    }
+
+    /// Tell the machine whether messages (or our close frame) still wait to be written
+    /// (refreshed by the driver before each event): a transient end while closing is the
+    /// session's normal end only when nothing was left unsent.
+    pub fn set_outbound_pending(&mut self, pending: bool) {
+        self.step.outbound_pending = pending;
     }
 
     /// Feed one event; returns the effects the driver must carry out, in order.
@@ -1112,9 +1173,100 @@ mod tests {
         assert_eq!(Outcome::Interrupted.exit_code(), 130);
     }
 
+    fn no_linger() -> MachineConfig {
+        MachineConfig {
+            linger: Duration::ZERO,
+            ..MachineConfig::default()
+        }
+    }
+
     #[test]
-    fn local_eof_closes_then_waits_for_the_server() {
+    fn local_eof_lingers_while_the_server_answers_then_closes() {
         let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::LocalEof);
+        assert_eq!(
+            fx,
+            vec![Effect::StartTimer(
+                TimerKind::Linger,
+                Duration::from_secs(1)
+            )]
+        );
+        // A reply re-arms the linger timer and is delivered.
+        let fx = m.handle(Event::Frame(Message::Text("reply".into())));
+        assert!(fx.contains(&Effect::StartTimer(
+            TimerKind::Linger,
+            Duration::from_secs(1)
+        )));
+        assert!(fx.contains(&Effect::Deliver(Message::Text("reply".into()))));
+        // Quiet for the whole linger: our close, then wait for the server's.
+        let fx = m.handle(Event::Timer(TimerKind::Linger));
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Close(1000, String::new()),
+                Effect::StartTimer(TimerKind::CloseGrace, Duration::from_secs(2)),
+            ]
+        );
+        // After our close, frames no longer re-arm the linger.
+        let fx = m.handle(Event::Frame(Message::Text("late".into())));
+        assert!(!fx
+            .iter()
+            .any(|e| matches!(e, Effect::StartTimer(TimerKind::Linger, _))));
+        let fx = m.handle(Event::Closed(close(1000, "")));
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn a_rejection_while_closing_keeps_its_class() {
+        for (failure, code) in [
+            (close(1008, "token expired"), 77),
+            (close(4001, ""), 69),
+            (close(1003, ""), 65),
+            (close(2000, ""), 69),
+            (close(1000, ""), 0),
+            (close(1001, ""), 0),
+            (close(1005, ""), 0),
+        ] {
+            let mut m = machine(MachineConfig::default());
+            m.handle(Event::Start);
+            m.handle(Event::DialSucceeded);
+            m.handle(Event::LocalEof);
+            let fx = m.handle(Event::Closed(failure.clone()));
+            assert_eq!(
+                exit_of(&fx).map(Outcome::exit_code),
+                Some(code),
+                "{failure:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_transient_end_while_closing_is_done_only_when_nothing_was_left_unsent() {
+        let mut m = machine(no_linger());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        let fx = m.handle(Event::Closed(close(1012, "restart")));
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+
+        let mut m = machine(no_linger());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        m.set_outbound_pending(true);
+        let fx = m.handle(Event::Closed(close(1012, "restart")));
+        assert_eq!(exit_of(&fx), None);
+        assert!(
+            matches!(m.state(), State::Backoff { .. }),
+            "redial to send the rest"
+        );
+    }
+
+    #[test]
+    fn local_eof_without_linger_closes_then_waits_for_the_server() {
+        let mut m = machine(no_linger());
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
         let fx = m.handle(Event::LocalEof);
@@ -1134,7 +1286,7 @@ mod tests {
 
     #[test]
     fn nothing_more_is_sent_after_our_close_frame() {
-        let mut m = machine(MachineConfig::default());
+        let mut m = machine(no_linger());
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
         m.handle(Event::LocalEof);
@@ -1154,6 +1306,7 @@ mod tests {
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
         m.handle(Event::LocalEof);
+        m.handle(Event::Timer(TimerKind::Linger));
         let fx = m.handle(Event::Timer(TimerKind::CloseGrace));
         assert_eq!(exit_of(&fx), Some(&Outcome::Done));
     }

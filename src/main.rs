@@ -189,8 +189,17 @@ fn credential_kind(common: &CommonArgs) -> CredentialKind {
     match (&common.token_env, &common.credentials) {
         (Some(var), _) => CredentialKind::StaticEnv(var.clone()),
         (None, Some(path)) => CredentialKind::File(path.display().to_string()),
+        (None, None) if has_credential_header(common) => CredentialKind::Header,
         (None, None) => CredentialKind::None,
     }
+}
+
+/// An `Authorization` (or similar) header given with `--header`: credentials were sent.
+fn has_credential_header(common: &CommonArgs) -> bool {
+    common.headers.iter().any(|header| {
+        wsup::transport::parse_header(header)
+            .is_ok_and(|(name, _)| wsup::transport::is_credential_header(&name))
+    })
 }
 
 fn notice_printer(common: &CommonArgs) -> NoticeSink {

@@ -18,6 +18,8 @@ pub enum CredentialKind {
     File(String),
     /// A library user's own refreshable source.
     Refreshable,
+    /// Only an `Authorization` (or other credential) header from `--header`.
+    Header,
 }
 
 /// One line for a notice, or `None` for notices not shown at this verbosity.
@@ -66,12 +68,35 @@ pub fn outcome_line(outcome: &Outcome, creds: &CredentialKind) -> Option<String>
             Class::Transient.describe(),
             if *retries == 1 { "retry" } else { "retries" },
         ),
+        Outcome::Stopped {
+            class: Class::Auth,
+            failure,
+        } if is_policy_not_credentials(failure, creds) => format!(
+            "{failure} [policy violation]: giving up; the server refused the session for the reason it gave"
+        ),
         Outcome::Stopped { class, failure } => format!(
             "{failure} [{}]: giving up; {}",
             class.describe(),
             advice(*class, failure, creds)
         ),
     })
+}
+
+/// A 1008 "policy violation" is the table's auth class (gateways close 1008 on an expired
+/// token), but servers also use it for rate limits and quotas ("message too frequent",
+/// "subscription limit"). Credentials advice is only given when the reason is empty or
+/// talks about credentials, or when credentials were sent.
+fn is_policy_not_credentials(failure: &Failure, creds: &CredentialKind) -> bool {
+    let Failure::Close { code: 1008, reason } = failure else {
+        return false;
+    };
+    if *creds != CredentialKind::None || reason.trim().is_empty() {
+        return false;
+    }
+    let reason = reason.to_ascii_lowercase();
+    !["token", "auth", "login", "log in", "expir", "credential"]
+        .iter()
+        .any(|word| reason.contains(word))
 }
 
 fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
@@ -94,6 +119,9 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
             ),
             CredentialKind::Refreshable => {
                 "the server rejected the token even after a refresh: log in again".into()
+            }
+            CredentialKind::Header => {
+                "the server rejected the credentials in --header: check them, or use --credentials FILE so wsup can refresh them".into()
             }
         },
         (Class::Permission, failure) => match failure.server_reason().and_then(missing_right) {
@@ -122,6 +150,11 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
         },
         (Class::Permanent, Failure::Tls(_)) => {
             "the server's certificate is not trusted: pass --ca-cert FILE for a private CA, or fix the server's certificate".into()
+        }
+        (Class::Permanent, Failure::Close { code, .. })
+            if *code != 1005 && !crate::classify::close_code_valid_on_wire(*code) =>
+        {
+            "a close code that may not be sent is a protocol violation; retrying will not help: report it to the server's owners".into()
         }
         (Class::Permanent, Failure::Close { code, .. }) if (4000..=4999).contains(code) => {
             format!("application close code; pass --retry-close-codes {code} if it is worth retrying")
@@ -218,6 +251,47 @@ mod tests {
         assert_eq!(seconds(Duration::from_millis(37)), "37 ms");
         assert_eq!(seconds(Duration::from_millis(100)), "0.1 s");
         assert_eq!(seconds(Duration::from_secs(300)), "300.0 s");
+    }
+
+    fn stopped_by_1008(reason: &str, creds: &CredentialKind) -> String {
+        outcome_line(
+            &Outcome::Stopped {
+                class: Class::Auth,
+                failure: Failure::Close {
+                    code: 1008,
+                    reason: reason.into(),
+                },
+            },
+            creds,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_1008_about_something_else_quotes_the_reason_without_credentials_advice() {
+        for reason in ["message too frequent", "subscription limit"] {
+            let line = stopped_by_1008(reason, &CredentialKind::None);
+            assert!(
+                line.starts_with(&format!("server closed 1008 ({reason})")),
+                "{line}"
+            );
+            assert!(!line.contains("--token-env"), "{line}");
+            assert!(!line.contains("authentication"), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_1008_about_credentials_or_with_credentials_sent_gets_the_advice() {
+        for reason in ["", "token expired", "Auth failed", "please LOGIN", "expiry"] {
+            let line = stopped_by_1008(reason, &CredentialKind::None);
+            assert!(line.contains("--token-env"), "{reason:?}: {line}");
+        }
+        let line = stopped_by_1008(
+            "message too frequent",
+            &CredentialKind::StaticEnv("API_TOKEN".into()),
+        );
+        assert!(line.starts_with("server closed 1008 (message too frequent)"));
+        assert!(line.contains("$API_TOKEN"), "{line}");
     }
 
     #[test]

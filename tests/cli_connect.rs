@@ -444,9 +444,15 @@ async fn disallowed_code_is_classified_as_sent(code: u16, reason: &str, exit: i3
     let server = Server::always(Behaviour::close(code, reason)).await;
     let client = connect(&server.url(), &["--max-retries", "1"]);
     let done = client.finish().await;
+    // 1014 is registered (bad gateway); the others are forbidden on the wire.
+    let words = if code == 1014 {
+        format!("server closed {code} ({reason})")
+    } else {
+        format!("server sent an invalid close code {code} ({reason})")
+    };
     done.assert_code(exit)
         .assert_stdout("")
-        .assert_stderr_contains(&format!("server closed {code} ({reason})"))
+        .assert_stderr_contains(&words)
         .assert_stderr_lacks("1002")
         .assert_stderr_lacks("Protocol violation");
     let dials = if exit == 75 { 2 } else { 1 };
@@ -459,19 +465,55 @@ async fn close_1014_is_transient_and_keeps_the_servers_code_and_reason() {
 }
 
 #[tokio::test]
-async fn unknown_close_codes_are_transient_and_keep_the_servers_code() {
-    for code in [2999, 1004, 999, 5000] {
-        disallowed_code_is_classified_as_sent(code, &format!("unknown {code}"), 75).await;
+async fn unassigned_close_codes_are_a_protocol_violation_exit_69_at_once() {
+    for code in [2999, 1004, 1016, 999, 5000] {
+        disallowed_code_is_classified_as_sent(code, &format!("unknown {code}"), 69).await;
     }
 }
 
 #[tokio::test]
-async fn close_codes_that_must_never_be_sent_are_classified_by_the_table() {
-    // 1005, 1006 and 1015 are only for reporting; a server that sends them anyway is
-    // taken at its word: 1005 and 1006 transient, 1015 permanent.
-    disallowed_code_is_classified_as_sent(1006, "abnormal on the wire", 75).await;
-    disallowed_code_is_classified_as_sent(1005, "no status on the wire", 75).await;
+async fn close_codes_that_must_never_be_sent_are_a_protocol_violation() {
+    // 1005, 1006 and 1015 only report what happened locally: on the wire they are a
+    // protocol violation (69), not a lost connection.
+    disallowed_code_is_classified_as_sent(1006, "abnormal on the wire", 69).await;
     disallowed_code_is_classified_as_sent(1015, "tls on the wire", 69).await;
+    let server = Server::always(Behaviour::close(1005, "no status on the wire")).await;
+    let done = connect(&server.url(), &["--max-retries", "1"])
+        .finish()
+        .await;
+    done.assert_code(69)
+        .assert_stderr_contains("server sent an invalid close code 1005");
+    assert_eq!(server.connection_count(), 1, "{}", done.dump());
+}
+
+#[tokio::test]
+async fn registered_close_codes_keep_their_class() {
+    // 3000–3999 not listed in the table: transient (redialed, then 75).
+    let server = Server::always(Behaviour::close(3500, "registered")).await;
+    let done = connect(&server.url(), &["--max-retries", "1"])
+        .finish()
+        .await;
+    done.assert_code(75)
+        .assert_stderr_contains("server closed 3500 (registered)")
+        .assert_stderr_lacks("invalid close code");
+    assert_eq!(server.connection_count(), 2, "{}", done.dump());
+}
+
+#[tokio::test]
+async fn wsup_serve_close_1016_is_an_invalid_close_code_exit_69() {
+    let serve = Wsup::spawn([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--script",
+        "close:1016:nonsense",
+    ]);
+    let url = serve.first_stdout_line().await;
+    let done = connect(&url, &[]).finish().await;
+    done.assert_code(69)
+        .assert_stdout("")
+        .assert_stderr_contains("server sent an invalid close code 1016 (nonsense)")
+        .assert_stderr_lacks("retrying in");
 }
 
 #[tokio::test]
@@ -768,4 +810,85 @@ async fn global_flags_work_before_the_subcommand() {
 #[tokio::test]
 async fn global_flags_work_after_the_subcommand() {
     global_flags(false).await;
+}
+
+// ------------------------------------------------ issue 10: the exit code tells the truth
+
+/// `wsup connect` with stdin already at EOF (`</dev/null`), or given one line and closed
+/// at once (`echo hi |`), against a server that closes with `code` right after the
+/// upgrade. Each run is a race between the server's close and our stdin EOF.
+async fn rejection_races_stdin_eof(code: u16, reason: &str, exit: i32) {
+    let server = Server::always(Behaviour::close(code, reason)).await;
+    for run in 0..20 {
+        let mut command = support::wsup_command();
+        command.args(["connect", &server.url()]).args(FAST);
+        let done = if run % 2 == 0 {
+            command.stdin(std::process::Stdio::null());
+            Wsup::spawn_command(command).finish().await
+        } else {
+            let mut client = Wsup::spawn_command(command);
+            client.write(b"hi\n").await;
+            client.close_stdin();
+            client.finish().await
+        };
+        done.assert_code(exit)
+            .assert_stderr_contains(&format!("server closed {code}"));
+    }
+}
+
+#[tokio::test]
+async fn a_1008_right_after_the_upgrade_exits_77_even_when_stdin_already_ended() {
+    rejection_races_stdin_eof(1008, "token expired", 77).await;
+}
+
+#[tokio::test]
+async fn a_4001_right_after_the_upgrade_exits_69_even_when_stdin_already_ended() {
+    rejection_races_stdin_eof(4001, "go away", 69).await;
+}
+
+#[tokio::test]
+async fn at_stdin_eof_wsup_lingers_for_the_servers_reply() {
+    // The server answers 300 ms late and answers a close at once: closing right behind
+    // the last line would lose the reply.
+    let server = Server::always(Behaviour::DelayedEcho(Duration::from_millis(300))).await;
+    let mut client = connect(&server.url(), &[]);
+    client.write(b"hello\n").await;
+    client.close_stdin();
+    let done = client.finish().await;
+    done.assert_code(0).assert_stdout("hello\n");
+    let close = server.wait_client_close(0).await;
+    assert_eq!(close.0, 1000, "{}", done.dump());
+    assert_eq!(server.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn linger_0_closes_at_once_at_stdin_eof() {
+    let server = Server::always(Behaviour::DelayedEcho(Duration::from_millis(500))).await;
+    let mut client = connect(&server.url(), &["--linger", "0"]);
+    client.write(b"hello\n").await;
+    client.close_stdin();
+    let done = client.finish().await;
+    // The server got the line and our close, and never sent the echo.
+    done.assert_code(0).assert_stdout("");
+    assert_eq!(server.wait_client_close(0).await.0, 1000);
+    assert_eq!(server.connections()[0].texts, vec!["hello".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_1008_about_something_else_gets_no_credentials_advice() {
+    let server = Server::always(Behaviour::close(1008, "message too frequent")).await;
+    let done = connect(&server.url(), &[]).finish().await;
+    done.assert_code(77)
+        .assert_stderr_contains("server closed 1008 (message too frequent)")
+        .assert_stderr_lacks("--token-env")
+        .assert_stderr_lacks("credentials");
+}
+
+#[tokio::test]
+async fn a_1008_about_an_expired_token_gets_the_credentials_advice() {
+    let server = Server::always(Behaviour::close(1008, "token expired")).await;
+    let done = connect(&server.url(), &[]).finish().await;
+    done.assert_code(77)
+        .assert_stderr_contains("server closed 1008 (token expired)")
+        .assert_stderr_contains("--token-env");
 }

@@ -441,3 +441,26 @@ async fn help_and_version_go_to_stdout_with_exit_0() {
         assert_eq!(done.stderr, "", "{args:?}");
     }
 }
+
+#[tokio::test]
+async fn every_supervising_subcommand_lists_the_exit_codes_in_its_help() {
+    for subcommand in ["connect", "logs", "shell", "port-forward"] {
+        for flag in ["--help", "-h"] {
+            let done = Wsup::spawn([subcommand, flag]).finish_within(QUICKLY).await;
+            done.assert_code(0);
+            let help = done.stdout_text();
+            for expected in ["Exit codes", "0 done", "69 ", "75 ", "77 ", "130 ", "143 "] {
+                assert!(
+                    help.contains(expected),
+                    "{subcommand} {flag} lacks {expected:?}: {help}"
+                );
+            }
+        }
+    }
+    // `--linger` is a common flag, documented with its default.
+    let help = Wsup::spawn(["connect", "--help"])
+        .finish_within(QUICKLY)
+        .await
+        .stdout_text();
+    assert!(help.contains("--linger"), "{help}");
+}

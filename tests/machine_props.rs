@@ -62,12 +62,13 @@ const RANDOM_CASES: u32 = 256;
 const MODEL_CASES: u32 = 256;
 const MAX_STEPS: usize = 60;
 
-const ALL_TIMERS: [TimerKind; 5] = [
+const ALL_TIMERS: [TimerKind; 6] = [
     TimerKind::Backoff,
     TimerKind::Ping,
     TimerKind::Liveness,
     TimerKind::Stable,
     TimerKind::CloseGrace,
+    TimerKind::Linger,
 ];
 
 /// Application close codes the failure strategy draws from; `--retry-close-codes`
@@ -96,8 +97,12 @@ fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Class {
             1002 | 1010 | 1015 => Class::Permanent,
             4000..=4999 if retry_close_codes.contains(code) => Class::Transient,
             4000..=4999 => Class::Permanent,
-            // 1001, 1005, 1006, 1011–1014 and unknown codes.
-            _ => Class::Transient,
+            // A close frame without a status code (see `failure_of_close_frame`): the
+            // connection ended, nothing says why.
+            1005 => Class::Transient,
+            1001 | 1011..=1014 | 3000..=3999 => Class::Transient,
+            // Forbidden on the wire: 0–999, 1004, 1006, 1016–2999, 5000+.
+            _ => Class::Permanent,
         },
         Failure::Http { status, .. } => match *status {
             401 | 403 => Class::Auth,
@@ -162,10 +167,10 @@ fn failure_of_close_frame(frame: &Option<CloseFrame>) -> Failure {
 
 fn close_failure() -> impl Strategy<Value = Failure> {
     let code = prop_oneof![
-        // done, transient, unknown
-        prop::sample::select(vec![
-            1000u16, 1001, 1005, 1006, 1011, 1012, 1013, 1014, 2000, 3500
-        ]),
+        // done, transient (1005: no status code), registered but unlisted
+        prop::sample::select(vec![1000u16, 1001, 1005, 1011, 1012, 1013, 1014, 3500]),
+        // forbidden on the wire
+        prop::sample::select(vec![0u16, 999, 1004, 1006, 1016, 2000, 2999, 5000]),
         // auth
         prop::sample::select(vec![1008u16, 3000, 3003]),
         // rejected data / permission (1007 twice as often: its class depends on the reason)
@@ -351,6 +356,8 @@ struct Setup {
     /// fresh again) between any two events.
     expiry_drifts: bool,
     seed: u64,
+    /// `--linger 0`: close at once at stdin EOF, or wait for the server to be quiet.
+    linger: Duration,
 }
 
 impl Setup {
@@ -376,6 +383,7 @@ impl Setup {
             max_retries: self.max_retries,
             stable_after: self.stable_after,
             redial_after_connected: self.redial_after_connected,
+            linger: self.linger,
             ..MachineConfig::default()
         }
     }
@@ -432,6 +440,7 @@ fn setups_with(
         any::<bool>(),
         any::<bool>(),
         any::<u64>(),
+        prop::sample::select(vec![Duration::ZERO, Duration::from_secs(1)]),
     )
         .prop_map(
             |(
@@ -444,6 +453,7 @@ fn setups_with(
                 expiring_soon,
                 expiry_drifts,
                 seed,
+                linger,
             )| Setup {
                 max_retries,
                 redial_after_connected,
@@ -456,6 +466,7 @@ fn setups_with(
                 },
                 expiry_drifts,
                 seed,
+                linger,
             },
         )
 }
@@ -941,7 +952,10 @@ proptest! {
                     setup.class_of(&failure) == Class::Transient
                         && match step.before {
                             // A connection we are closing, or a tunnel's, is not redialed.
-                            State::Connected { closing, .. } => !closing && setup.redial_after_connected,
+                            State::Connected { closing, .. } => {
+                                !(closing && ends_a_finished_session(&setup, &failure))
+                                    && setup.redial_after_connected
+                            }
                             _ => true,
                         }
                 });
@@ -1024,7 +1038,9 @@ fn check_exit_code(setup: &Setup, step: &Step) -> Result<(), TestCaseError> {
             prop_assert_eq!(code, 0);
         }
         (_, Some(failure)) => {
-            if matches!(step.before, State::Connected { closing: true, .. }) {
+            if matches!(step.before, State::Connected { closing: true, .. })
+                && ends_a_finished_session(setup, &failure)
+            {
                 prop_assert_eq!(outcome, &Outcome::Done, "we were closing: {:?}", step);
                 return Ok(());
             }
@@ -1062,6 +1078,19 @@ fn check_exit_code(setup: &Setup, step: &Step) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// DESIGN.md, "The exit code is the truth about the session": while we are closing
+/// (stdin EOF), a close 1000/1001 or without a code is done, and so is a transient end
+/// (these runs never leave anything unsent); everything else keeps its class.
+fn ends_a_finished_session(setup: &Setup, failure: &Failure) -> bool {
+    matches!(
+        failure,
+        Failure::Close {
+            code: 1000 | 1001 | 1005,
+            ..
+        }
+    ) || matches!(setup.class_of(failure), Class::Done | Class::Transient)
+}
+
 /// A signal: nothing if already Terminated; otherwise Terminated with `Exit(Signal)` as
 /// the last effect, after a close frame if a connection was open.
 fn check_signal(step: &Step, sig: Sig) -> Result<(), TestCaseError> {
@@ -1079,7 +1108,13 @@ fn check_signal(step: &Step, sig: Sig) -> Result<(), TestCaseError> {
         Some(&Effect::Exit(Outcome::Signal(sig)))
     );
     prop_assert_eq!(exits_in(std::slice::from_ref(step)), 1);
-    if matches!(step.before, State::Connected { closing: false, .. }) {
+    if matches!(
+        step.before,
+        State::Connected {
+            close_sent: false,
+            ..
+        }
+    ) {
         prop_assert!(
             step.effects
                 .iter()
@@ -1390,7 +1425,11 @@ enum Phase {
     Dialing,
     Refreshing(Why),
     Backoff(Then),
-    Connected { closing: bool, stable_pending: bool },
+    Connected {
+        closing: bool,
+        close_sent: bool,
+        stable_pending: bool,
+    },
     Terminated(u8),
 }
 
@@ -1466,8 +1505,8 @@ impl Model {
 
     /// An established connection went away.
     fn lose_connection(&mut self, failure: &Failure, closing: bool) {
-        if closing {
-            // We had sent our close: whatever the answer, the session is done.
+        if closing && ends_a_finished_session(&self.setup, failure) {
+            // stdin ended and the server ended normally: the session is done.
             self.terminate(0);
         } else if !self.setup.redial_after_connected {
             // A tunnel's byte stream cannot be resumed: stop with the failure's code.
@@ -1490,6 +1529,7 @@ impl Model {
             (Dialing, Event::DialSucceeded) => {
                 self.phase = Connected {
                     closing: false,
+                    close_sent: false,
                     stable_pending: true,
                 }
             }
@@ -1514,28 +1554,57 @@ impl Model {
             (Connected { closing, .. }, Event::Timer(TimerKind::Liveness)) => {
                 self.lose_connection(&Failure::Liveness, closing)
             }
-            (Connected { closing, .. }, Event::Timer(TimerKind::Stable)) => {
+            (
+                Connected {
+                    closing,
+                    close_sent,
+                    ..
+                },
+                Event::Timer(TimerKind::Stable),
+            ) => {
                 // The connection proved itself: a new streak.
                 self.refreshed_in_streak = false;
                 self.failures_in_streak = 0;
                 self.phase = Connected {
                     closing,
+                    close_sent,
                     stable_pending: false,
                 };
             }
-            (Connected { closing: true, .. }, Event::Timer(TimerKind::CloseGrace)) => {
-                self.terminate(0)
-            }
-            (Connected { closing: false, .. }, Event::LocalEof) => {
+            (
+                Connected {
+                    close_sent: true, ..
+                },
+                Event::Timer(TimerKind::CloseGrace),
+            ) => self.terminate(0),
+            // stdin EOF: our close goes out at once with `--linger 0`, otherwise once the
+            // server has been quiet for the linger time.
+            (
+                Connected {
+                    closing: false,
+                    stable_pending,
+                    ..
+                },
+                Event::LocalEof,
+            ) => {
                 self.phase = Connected {
                     closing: true,
-                    stable_pending: matches!(
-                        self.phase,
-                        Connected {
-                            stable_pending: true,
-                            ..
-                        }
-                    ),
+                    close_sent: self.setup.linger.is_zero(),
+                    stable_pending,
+                }
+            }
+            (
+                Connected {
+                    closing: true,
+                    close_sent: false,
+                    stable_pending,
+                },
+                Event::Timer(TimerKind::Linger),
+            ) => {
+                self.phase = Connected {
+                    closing: true,
+                    close_sent: true,
+                    stable_pending,
                 }
             }
             // Data, pings, a forwarded Ctrl+C, and stray events change nothing.
@@ -1578,14 +1647,17 @@ impl ReferenceStateMachine for ReferenceModel {
             Phase::Backoff(_) => Just(Event::Timer(TimerKind::Backoff)).boxed(),
             Phase::Connected {
                 closing,
+                close_sent,
                 stable_pending,
             } => {
                 let mut timers = vec![TimerKind::Ping, TimerKind::Liveness];
                 if stable_pending {
                     timers.push(TimerKind::Stable);
                 }
-                if closing {
+                if close_sent {
                     timers.push(TimerKind::CloseGrace);
+                } else if closing {
+                    timers.push(TimerKind::Linger);
                 }
                 prop_oneof![
                     3 => frame().prop_map(Event::Frame),
@@ -1675,12 +1747,19 @@ impl StateMachineTest for MachineUnderTest {
                 assert_eq!(*resume, expected, "{context}");
             }
             (
-                State::Connected { closing, .. },
+                State::Connected {
+                    closing,
+                    close_sent,
+                    ..
+                },
                 Phase::Connected {
-                    closing: expected, ..
+                    closing: expected,
+                    close_sent: expected_close_sent,
+                    ..
                 },
             ) => {
-                assert_eq!(*closing, expected, "{context}")
+                assert_eq!(*closing, expected, "{context}");
+                assert_eq!(*close_sent, expected_close_sent, "{context}");
             }
             _ => {}
         }
@@ -1721,4 +1800,103 @@ prop_state_machine! {
 
     #[test]
     fn machine_matches_the_reference_model(sequential 1..MAX_STEPS => MachineUnderTest);
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 10, item 1: the server's close racing our stdin EOF
+// ---------------------------------------------------------------------------------------
+
+/// Every close code DESIGN.md's table names, with a reason that keeps 1007 apart, plus
+/// codes forbidden on the wire.
+const TABLE_CLOSE_CODES: [u16; 30] = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 1015, 3000, 3003, 3001,
+    3999, 4000, 4001, 4500, 4999, 0, 999, 1004, 1005, 1006, 1016, 2000, 2999, 5000,
+];
+
+/// After the race, the world is kind: every redial succeeds, the server answers our
+/// close with 1000. Returns the exit code.
+fn run_to_a_normal_end(machine: &mut Machine) -> u8 {
+    for _ in 0..20 {
+        let event = match machine.state() {
+            State::Terminated { outcome } => return outcome.exit_code(),
+            State::Backoff { .. } => Event::Timer(TimerKind::Backoff),
+            State::RefreshingToken { .. } => Event::RefreshDone(Ok(())),
+            State::Dialing { .. } => Event::DialSucceeded,
+            // The driver feeds stdin EOF again on a new connection once it has ended.
+            State::Connected { closing: false, .. } => Event::LocalEof,
+            State::Connected {
+                close_sent: false, ..
+            } => Event::Timer(TimerKind::Linger),
+            State::Connected { .. } => Event::Closed(Failure::Close {
+                code: 1000,
+                reason: String::new(),
+            }),
+            State::Idle {} => Event::Start,
+        };
+        machine.handle(event);
+    }
+    panic!("no end after 20 events: {:?}", machine.state());
+}
+
+proptest! {
+    #![proptest_config(cases(RANDOM_CASES))]
+
+    /// DESIGN.md: "While wsup is closing (stdin EOF), the server's close is still
+    /// classified". Whether the server's close (as a `Closed` or as a close frame) comes
+    /// before or after our `LocalEof`, the exit code is the same.
+    #[test]
+    fn a_close_racing_stdin_eof_gives_the_same_exit_code_in_either_order(
+        setup in any_setup(),
+        code in prop::sample::select(TABLE_CLOSE_CODES.to_vec()),
+        reason in prop::sample::select(vec!["", "token expired", "Not authorized to X", "bad"]),
+        as_frame in any::<bool>(),
+    ) {
+        let mut setup = Setup { expiry_drifts: false, ..setup };
+        if setup.class_of(&Failure::Close { code, reason: reason.into() }) == Class::Transient {
+            // A transient close that wins the race is a failure like any other: with no
+            // redial allowed (a tunnel, `--max-retries 0`) it ends the session with 75,
+            // while the same close after our EOF, with everything sent, is the normal
+            // end. The orders agree whenever a redial is allowed.
+            setup.redial_after_connected = true;
+            setup.max_retries = setup.max_retries.map(|n| n.max(1));
+        }
+        let server_close = || if as_frame {
+            Event::Frame(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            })))
+        } else {
+            Event::Closed(Failure::Close { code, reason: reason.into() })
+        };
+        let connected = || {
+            let mut machine = setup.machine();
+            machine.handle(Event::Start);
+            if matches!(machine.state(), State::RefreshingToken { .. }) {
+                machine.handle(Event::RefreshDone(Ok(())));
+            }
+            machine.handle(Event::DialSucceeded);
+            assert!(machine.is_connected());
+            machine
+        };
+
+        let mut eof_first = connected();
+        eof_first.handle(Event::LocalEof);
+        eof_first.handle(server_close());
+        let eof_first = run_to_a_normal_end(&mut eof_first);
+
+        let mut close_first = connected();
+        close_first.handle(server_close());
+        // Offline or ended: the driver holds stdin EOF until the next connection.
+        if close_first.is_connected() {
+            close_first.handle(Event::LocalEof);
+        }
+        let close_first = run_to_a_normal_end(&mut close_first);
+
+        prop_assert_eq!(eof_first, close_first, "close {} {:?}", code, reason);
+        // And the code is the table's, when the close ends the session at once.
+        let class = setup.class_of(&Failure::Close { code, reason: reason.into() });
+        if matches!(class, Class::Permanent | Class::RejectedData | Class::Permission) {
+            prop_assert_eq!(eof_first, design_exit_code(class));
+        }
+    }
 }

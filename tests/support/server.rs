@@ -54,6 +54,11 @@ pub enum Behaviour {
     /// Upgrade, write these bytes as they are (a frame tungstenite would not build, such
     /// as a text frame that is not UTF-8), then read until the client goes.
     Raw(Vec<u8>),
+    /// Upgrade, then echo every text and binary message `delay` after it arrived, like a
+    /// server that takes time to answer; a close frame from the client is answered at
+    /// once, and echoes not yet sent are lost (the connection is over). This is the
+    /// server that cuts off a client which closes right behind its last message.
+    DelayedEcho(Duration),
     /// Accept the TCP connection, wait until the gate is opened, then behave as `then`.
     Gated {
         gate: Arc<Notify>,
@@ -367,11 +372,53 @@ async fn serve_connection(
             }
             shared.update(index, |c| c.ended = true);
         }
+        Behaviour::DelayedEcho(delay) => {
+            if let Some(ws) = handshake(stream, index, &shared, None).await {
+                delayed_echo(ws, index, &shared, delay).await;
+            }
+            shared.update(index, |c| c.ended = true);
+        }
         Behaviour::Silent => {
             if let Some(ws) = handshake(stream, index, &shared, None).await {
                 // Never poll it again: pings go unanswered.
                 let _ws = ws;
                 std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// [`Behaviour::DelayedEcho`] on an upgraded connection.
+async fn delayed_echo(
+    mut ws: WebSocketStream<TcpStream>,
+    index: usize,
+    shared: &Arc<Shared>,
+    delay: Duration,
+) {
+    let mut due: std::collections::VecDeque<(tokio::time::Instant, Message)> =
+        std::collections::VecDeque::new();
+    loop {
+        let next_echo = due.front().map(|(at, _)| *at);
+        tokio::select! {
+            received = ws.next() => match received {
+                Some(Ok(message)) => {
+                    if matches!(message, Message::Close(_)) {
+                        record(shared, index, &message);
+                        // tungstenite queued the close reply: send it, drop the echoes.
+                        let _ = ws.flush().await;
+                        break;
+                    }
+                    if record(shared, index, &message) {
+                        due.push_back((tokio::time::Instant::now() + delay, message));
+                    }
+                }
+                _ => break,
+            },
+            () = tokio::time::sleep_until(next_echo.unwrap_or_else(tokio::time::Instant::now)), if next_echo.is_some() => {
+                let (_, message) = due.pop_front().expect("an echo is due");
+                if ws.send(message).await.is_err() {
+                    break;
+                }
             }
         }
     }
