@@ -50,6 +50,13 @@ pub enum Event {
     UserInterrupt,
     /// The local side has nothing more to send (stdin EOF).
     LocalEof,
+    /// The local side gave the session something it cannot send (a stdin line over
+    /// `--max-line`), after everything before it was handed to the connection: the
+    /// session stops with the failure's class.
+    InputRejected(Failure),
+    /// The local side left while offline (a port-forward client that closed before its
+    /// tunnel was up): stop at once, nothing more to dial for.
+    LocalGone,
 }
 
 /// What the driver must do on the machine's behalf.
@@ -262,9 +269,13 @@ impl Core {
     }
 
     #[superstate]
-    fn running(event: &Event) -> Response<State> {
+    fn running(&mut self, event: &Event) -> Response<State> {
         match event {
             Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
+            Event::InputRejected(failure) => Transition(State::terminated(Outcome::Stopped {
+                class: self.config.rules.classify(failure),
+                failure: failure.clone(),
+            })),
             // Stray events (a frame from a connection already given up on, a timer
             // that raced its cancellation) are ignored.
             _ => Handled,
@@ -275,6 +286,7 @@ impl Core {
     fn offline(event: &Event) -> Response<State> {
         match event {
             Event::UserInterrupt => Transition(State::terminated(Outcome::Interrupted)),
+            Event::LocalGone => Transition(State::terminated(Outcome::Done)),
             _ => Super,
         }
     }
@@ -454,6 +466,16 @@ impl Core {
             Event::Signal(_) => {
                 if !*closing {
                     context.push(Effect::Close(CLOSE_GOING_AWAY, String::new()));
+                }
+                Super
+            }
+            Event::InputRejected(_) => {
+                // We leave on our own: what was queued before goes out, then our close.
+                if !*closing {
+                    context.push(Effect::Close(
+                        CLOSE_GOING_AWAY,
+                        "local input cannot be sent".into(),
+                    ));
                 }
                 Super
             }
@@ -654,6 +676,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::Signal(Sig::Terminate) => "sigterm",
         Event::UserInterrupt => "user_interrupt",
         Event::LocalEof => "local_eof",
+        Event::InputRejected(_) => "input_rejected",
+        Event::LocalGone => "local_gone",
     }
 }
 
