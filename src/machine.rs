@@ -1242,4 +1242,54 @@ mod tests {
             assert!(!fx.contains(&Effect::Dial));
         }
     }
+
+    #[test]
+    fn input_rejected_closes_1001_and_stops_with_65_in_any_running_state() {
+        let rejected = Failure::InputRejected("a stdin line is longer than 1 KiB".into());
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::InputRejected(rejected.clone()));
+        assert!(
+            matches!(fx.first(), Some(Effect::Close(CLOSE_GOING_AWAY, _))),
+            "{fx:?}"
+        );
+        let outcome = exit_of(&fx).expect("stops");
+        assert_eq!(
+            outcome,
+            &Outcome::Stopped {
+                class: Class::RejectedData,
+                failure: rejected.clone()
+            }
+        );
+        assert_eq!(outcome.exit_code(), 65);
+        // Offline there is no connection to close: it stops all the same.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::InputRejected(rejected));
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(65));
+    }
+
+    #[test]
+    fn local_gone_ends_at_once_while_offline_and_is_ignored_once_connected() {
+        // Dialing and backing off: done, no further dial.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::LocalGone);
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialFailed(close(1011, "")));
+        assert!(matches!(m.state(), State::Backoff { .. }));
+        let fx = m.handle(Event::LocalGone);
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+        assert!(!fx.contains(&Effect::Dial));
+        // Connected: the session's end of input closes normally instead.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        assert!(m.handle(Event::LocalGone).is_empty());
+        assert!(m.is_connected());
+    }
 }
