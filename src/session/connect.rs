@@ -226,7 +226,7 @@ async fn read_line_bounded<R: AsyncBufRead + Unpin>(
 /// `1024` → "1 KiB", `1000` → "1000 bytes": the limit as the user probably wrote it.
 pub fn format_size(bytes: usize) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }
