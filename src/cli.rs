@@ -381,3 +381,38 @@ impl CommonArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod size_and_duration_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_bytes_or_binary_units() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("7B"), Ok(7));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("2 mib"), Ok(2 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        for bad in [
+            "",
+            "KiB",
+            "1KB",
+            "1.5KiB",
+            "-1",
+            "1 KiB x",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_max_line("64MiB"), Ok(64 << 20));
+        assert!(parse_max_line("0").is_err());
+        assert!(parse_max_line("64MiB1").is_err());
+    }
+
+    #[test]
+    fn durations_stop_at_one_day() {
+        assert_eq!(parse_bounded_duration("1day"), Ok(MAX_FLAG_DURATION));
+        assert!(parse_bounded_duration("86401s").is_err());
+        assert!(parse_bounded_duration("18446744073709551615s").is_err());
+    }
+}
