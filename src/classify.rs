@@ -41,6 +41,9 @@ pub enum Failure {
     },
     /// A local failure that is not the network's or the server's fault.
     Internal(String),
+    /// The local side gave the session something it cannot send (a stdin line longer
+    /// than `--max-line`): retrying cannot help. `detail` says what, in the user's terms.
+    InputRejected(String),
 }
 
 /// Which part of the network failed; all of them are transient.
@@ -117,6 +120,7 @@ impl ClassifyRules {
             Failure::Network { .. } | Failure::Liveness => Class::Transient,
             Failure::Refresh { status, .. } => classify_token_endpoint(*status),
             Failure::Internal(_) => Class::Internal,
+            Failure::InputRejected(_) => Class::RejectedData,
         }
     }
 
@@ -310,6 +314,7 @@ impl fmt::Display for Failure {
                 )
             }
             Failure::Internal(detail) => write!(f, "internal error: {}", escape_untrusted(detail)),
+            Failure::InputRejected(detail) => f.write_str(detail),
         }
     }
 }
@@ -398,6 +403,7 @@ impl Failure {
             } => format!("token endpoint {s}"),
             Failure::Refresh { status: None, .. } => "token endpoint unreachable".into(),
             Failure::Internal(_) => "internal".into(),
+            Failure::InputRejected(_) => "input rejected".into(),
         }
     }
 }

@@ -47,6 +47,10 @@ pub enum Command {
     Connect {
         /// ws:// or wss:// URL
         url: String,
+        /// Longest stdin line sent: bytes, or with a unit (1KiB, 16MiB); at most and by
+        /// default 64MiB, the largest message. A longer line stops wsup with exit 65.
+        #[arg(long, value_name = "SIZE", value_parser = parse_max_line, default_value = "64MiB")]
+        max_line: usize,
     },
     /// An interactive terminal: keys out as binary frames, output in, raw mode.
     ///
@@ -84,6 +88,11 @@ pub enum Command {
         /// picks a free port; the address is printed on stderr).
         #[arg(long, value_name = "ADDR")]
         listen: String,
+        /// Tunnels open at once (1 to 65536); further connections wait in the listen
+        /// queue until a tunnel ends.
+        #[arg(long, value_name = "N", default_value_t = crate::session::forward::DEFAULT_MAX_TUNNELS,
+              value_parser = clap::value_parser!(u32).range(1..=65536))]
+        max_tunnels: u32,
     },
     /// Run the scripted websocket + token server (for demos, tests, benchmarks).
     Serve(ServeArgs),
@@ -107,8 +116,8 @@ pub struct ServeArgs {
     /// Accept only `Authorization: Bearer <current token>` (rotated by /oauth/token).
     #[arg(long, value_name = "TOKEN")]
     pub require_token: Option<String>,
-    /// `expires_in` of the tokens issued by /oauth/token.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    /// `expires_in` of the tokens issued by /oauth/token (at most 1 day).
+    #[arg(long, value_parser = parse_bounded_duration, default_value = "1h")]
     pub token_ttl: Duration,
 }
 
@@ -142,19 +151,23 @@ pub struct CommonArgs {
     /// Redials allowed after failures since the last stable connection (0 = never).
     #[arg(long, global = true, value_name = "N")]
     pub max_retries: Option<u32>,
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "500ms")]
+    /// First backoff ceiling. Durations take units (500ms, 10s, 2m, 1h), at most 1 day.
+    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "500ms")]
     pub backoff_initial: Duration,
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "30s")]
+    /// Largest backoff ceiling (at most 1 day).
+    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "30s")]
     pub backoff_max: Duration,
-    /// Covers TCP, TLS and the HTTP upgrade together.
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "10s")]
+    /// Covers TCP, TLS and the HTTP upgrade together (at most 1 day).
+    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "10s")]
     pub connect_timeout: Duration,
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "20s")]
+    /// A ping this often while connected (at most 1 day).
+    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "20s")]
     pub ping_interval: Duration,
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "20s")]
+    /// Silence allowed after a ping interval before the connection is dead (at most 1 day).
+    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "20s")]
     pub pong_timeout: Duration,
-    /// A connection up this long resets the retry and refresh budgets.
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "10s")]
+    /// A connection up this long resets the retry and refresh budgets (at most 1 day).
+    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "10s")]
     pub stable_after: Duration,
     /// Application close codes (4000-4999) to retry, comma-separated.
     #[arg(long, global = true, value_delimiter = ',', value_parser = parse_app_close_code)]
@@ -175,8 +188,65 @@ pub struct CommonArgs {
     pub quiet: bool,
     /// At stdin EOF, keep the connection open until the server has been quiet this long
     /// (so replies are not cut off), then close; 0 closes at once.
-    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "1s")]
+    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "1s")]
     pub linger: Duration,
+}
+
+/// The largest value a duration flag takes: 1 day (the error message says so). Far
+/// beyond any useful timeout or interval, and small enough that every sum and deadline built from these flags stays
+/// representable (a deadline is `now + ping_interval + pong_timeout`, for instance).
+pub const MAX_FLAG_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A humantime duration (`500ms`, `10s`, `2m`, `1h`) of at most [`MAX_FLAG_DURATION`].
+fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration > MAX_FLAG_DURATION {
+        return Err(format!(
+            "'{text}' is longer than 1 day (the largest duration a flag takes)"
+        ));
+    }
+    Ok(duration)
+}
+
+/// A byte size: a plain number of bytes, or one with a unit (`B`, `KiB`, `MiB`, `GiB`,
+/// any case).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" => 10,
+        "mib" => 20,
+        "gib" => 30,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a size (bytes, or a number with B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| {
+            format!("'{text}' is not a size (bytes, or a number with B, KiB, MiB or GiB)")
+        })
+}
+
+/// `--max-line`: from 1 byte to the largest message (64 MiB).
+fn parse_max_line(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    let max = crate::session::connect::DEFAULT_MAX_LINE;
+    if bytes == 0 || bytes > max {
+        return Err(format!(
+            "'{text}' is not between 1 byte and {} (the largest message)",
+            crate::session::connect::format_size(max)
+        ));
+    }
+    Ok(bytes)
 }
 
 fn parse_app_close_code(text: &str) -> Result<u16, String> {
@@ -328,5 +398,40 @@ impl CommonArgs {
             config,
             credentials,
         })
+    }
+}
+
+#[cfg(test)]
+mod size_and_duration_tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_bytes_or_binary_units() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("7B"), Ok(7));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size("2 mib"), Ok(2 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        for bad in [
+            "",
+            "KiB",
+            "1KB",
+            "1.5KiB",
+            "-1",
+            "1 KiB x",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_max_line("64MiB"), Ok(64 << 20));
+        assert!(parse_max_line("0").is_err());
+        assert!(parse_max_line("64MiB1").is_err());
+    }
+
+    #[test]
+    fn durations_stop_at_one_day() {
+        assert_eq!(parse_bounded_duration("1day"), Ok(MAX_FLAG_DURATION));
+        assert!(parse_bounded_duration("86401s").is_err());
+        assert!(parse_bounded_duration("18446744073709551615s").is_err());
     }
 }

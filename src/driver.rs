@@ -370,6 +370,7 @@ impl<D: Dialer> Driver<D> {
                 }
                 control = self.ends.control.recv(), if control_open => match control {
                     Some(session::Control::Interrupt) => Event::UserInterrupt,
+                    Some(session::Control::LocalGone) => Event::LocalGone,
                     None => {
                         control_open = false;
                         continue;
@@ -382,7 +383,11 @@ impl<D: Dialer> Driver<D> {
                     ConnEvent::Frame(message) => Event::Frame(message),
                     ConnEvent::OutboundEnded => {
                         self.outbound_done = true;
-                        Event::LocalEof
+                        // Everything the session sent before is in the queue by now.
+                        match self.ends.input_failure.take() {
+                            Some(failure) => Event::InputRejected(failure),
+                            None => Event::LocalEof,
+                        }
                     }
                     ConnEvent::Closed(failure) => {
                         if let Some(mut conn) = self.conn.take() {

@@ -50,6 +50,13 @@ pub enum Event {
     UserInterrupt,
     /// The local side has nothing more to send (stdin EOF).
     LocalEof,
+    /// The local side gave the session something it cannot send (a stdin line over
+    /// `--max-line`), after everything before it was handed to the connection: the
+    /// session stops with the failure's class.
+    InputRejected(Failure),
+    /// The local side left while offline (a port-forward client that closed before its
+    /// tunnel was up): stop at once, nothing more to dial for.
+    LocalGone,
 }
 
 /// What the driver must do on the machine's behalf.
@@ -273,9 +280,13 @@ impl Core {
     }
 
     #[superstate]
-    fn running(event: &Event) -> Response<State> {
+    fn running(&mut self, event: &Event) -> Response<State> {
         match event {
             Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
+            Event::InputRejected(failure) => Transition(State::terminated(Outcome::Stopped {
+                class: self.config.rules.classify(failure),
+                failure: failure.clone(),
+            })),
             // Stray events (a frame from a connection already given up on, a timer
             // that raced its cancellation) are ignored.
             _ => Handled,
@@ -286,6 +297,7 @@ impl Core {
     fn offline(event: &Event) -> Response<State> {
         match event {
             Event::UserInterrupt => Transition(State::terminated(Outcome::Interrupted)),
+            Event::LocalGone => Transition(State::terminated(Outcome::Done)),
             _ => Super,
         }
     }
@@ -476,6 +488,16 @@ impl Core {
             Event::Signal(_) => {
                 if !*close_sent {
                     context.push(Effect::Close(CLOSE_GOING_AWAY, String::new()));
+                }
+                Super
+            }
+            Event::InputRejected(_) => {
+                // We leave on our own: what was queued before goes out, then our close.
+                if !*close_sent {
+                    context.push(Effect::Close(
+                        CLOSE_GOING_AWAY,
+                        "local input cannot be sent".into(),
+                    ));
                 }
                 Super
             }
@@ -708,6 +730,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::Signal(Sig::Terminate) => "sigterm",
         Event::UserInterrupt => "user_interrupt",
         Event::LocalEof => "local_eof",
+        Event::InputRejected(_) => "input_rejected",
+        Event::LocalGone => "local_gone",
     }
 }
 
@@ -1370,5 +1394,55 @@ mod tests {
             );
             assert!(!fx.contains(&Effect::Dial));
         }
+    }
+
+    #[test]
+    fn input_rejected_closes_1001_and_stops_with_65_in_any_running_state() {
+        let rejected = Failure::InputRejected("a stdin line is longer than 1 KiB".into());
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::InputRejected(rejected.clone()));
+        assert!(
+            matches!(fx.first(), Some(Effect::Close(CLOSE_GOING_AWAY, _))),
+            "{fx:?}"
+        );
+        let outcome = exit_of(&fx).expect("stops");
+        assert_eq!(
+            outcome,
+            &Outcome::Stopped {
+                class: Class::RejectedData,
+                failure: rejected.clone()
+            }
+        );
+        assert_eq!(outcome.exit_code(), 65);
+        // Offline there is no connection to close: it stops all the same.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::InputRejected(rejected));
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(65));
+    }
+
+    #[test]
+    fn local_gone_ends_at_once_while_offline_and_is_ignored_once_connected() {
+        // Dialing and backing off: done, no further dial.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::LocalGone);
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialFailed(close(1011, "")));
+        assert!(matches!(m.state(), State::Backoff { .. }));
+        let fx = m.handle(Event::LocalGone);
+        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+        assert!(!fx.contains(&Effect::Dial));
+        // Connected: the session's end of input closes normally instead.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        assert!(m.handle(Event::LocalGone).is_empty());
+        assert!(m.is_connected());
     }
 }

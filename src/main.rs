@@ -94,13 +94,10 @@ fn exit_on_parse_error(e: clap::Error) -> ! {
 async fn run(cli: Cli) -> u8 {
     let common = cli.common;
     match cli.command {
-        Command::Connect { url } => {
-            match supervise(
-                &common,
-                &url,
-                notice_printer(&common),
-                ConnectSession::stdio,
-            )
+        Command::Connect { url, max_line } => {
+            match supervise(&common, &url, notice_printer(&common), || {
+                ConnectSession::stdio().max_line(max_line)
+            })
             .await
             {
                 Ok(outcome) => finish(&outcome, &credential_kind(&common)),
@@ -142,7 +139,11 @@ async fn run(cli: Cli) -> u8 {
                 Err(code) => code,
             }
         }
-        Command::PortForward { url, listen } => port_forward(&common, &url, &listen).await,
+        Command::PortForward {
+            url,
+            listen,
+            max_tunnels,
+        } => port_forward(&common, &url, &listen, max_tunnels).await,
         Command::Serve(args) => serve(args).await,
         Command::Demo => {
             match wsup::demo::run(notice_printer(&common), process_signals()).await {
@@ -219,7 +220,7 @@ fn finish(outcome: &Outcome, kind: &CredentialKind) -> u8 {
     outcome.exit_code()
 }
 
-async fn port_forward(common: &CommonArgs, url: &str, listen: &str) -> u8 {
+async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels: u32) -> u8 {
     // The forwarder makes tunnels stop once connected (`redial_after_connected = false`)
     // and gives each tunnel's dial `DEFAULT_TUNNEL_RETRIES` without `--max-retries`.
     let prepared = match common.prepare(url) {
@@ -256,6 +257,14 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str) -> u8 {
     let sig = forwarder
         .credentials(prepared.credentials)
         .signals(process_signals())
+        .max_tunnels(max_tunnels as usize)
+        .on_tunnel_limit(Arc::new(move |max| {
+            if !quiet {
+                eprint_line(&format!(
+                    "wsup: {max} tunnels open (--max-tunnels): further connections wait until one closes"
+                ));
+            }
+        }))
         .on_notice(Arc::new(move |peer, notice| {
             if !quiet {
                 eprint_line(&format!("wsup: {peer}: {}", report::notice_line(notice)));

@@ -133,6 +133,9 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
         (Class::RejectedData | Class::Permanent, Failure::Violation { .. }) => {
             "the server sent what a websocket client must refuse; retrying will not help: check that the URL is the right endpoint, or report it to the server's owners".into()
         }
+        (Class::RejectedData, Failure::InputRejected(_)) => {
+            "it was not sent, nor anything after it (what came before was): split the input, or raise the limit".into()
+        }
         (Class::RejectedData, _) => {
             "the server refused what was sent: check the data (text must be what the server expects)".into()
         }

@@ -892,3 +892,53 @@ async fn a_1008_about_an_expired_token_gets_the_credentials_advice() {
         .assert_stderr_contains("server closed 1008 (token expired)")
         .assert_stderr_contains("--token-env");
 }
+
+// ------------------------------------------------------------------ --max-line
+
+/// A stdin line longer than `--max-line` is the user's data refused (65) with its own
+/// message, not an internal error; the lines before it reach the server, nothing from it
+/// on is sent, and the connection is closed by us (1001).
+#[tokio::test]
+async fn a_stdin_line_over_max_line_stops_with_65_after_the_lines_before_it() {
+    let server = Server::always(Behaviour::Echo).await;
+    let mut client = connect(&server.url(), &["--max-line", "1KiB"]);
+    let at_the_limit = "y".repeat(1024);
+    let too_long = "x".repeat(2048);
+    client
+        .write(format!("short\n{at_the_limit}\n{too_long}\nafter\n").as_bytes())
+        .await;
+    let done = client.finish().await;
+    done.assert_code(65)
+        .assert_stderr_contains("a stdin line is longer than 1 KiB (--max-line)")
+        .assert_stderr_lacks("internal error")
+        .assert_stderr_lacks("panicked");
+    assert_eq!(server.wait_client_close(0).await.0, 1001);
+    assert_eq!(
+        server.connections()[0].texts,
+        ["short", at_the_limit.as_str()]
+    );
+    assert_eq!(server.connection_count(), 1);
+}
+
+/// Without `--max-line`, the limit is the 64 MiB message limit: a longer line with no
+/// newline at all is refused once 64 MiB of it were read (it used to be read whole, then
+/// fail as "internal error: websocket write buffer full"), and memory stays near that.
+#[tokio::test]
+async fn a_line_over_64mib_without_a_newline_stops_with_65_not_an_internal_error() {
+    let server = Server::always(Behaviour::Echo).await;
+    let mut client = connect(&server.url(), &[]);
+    let chunk = vec![b'x'; 1 << 20];
+    for _ in 0..64 {
+        client.write(&chunk).await;
+    }
+    // A few bytes more, in one write that the pipe takes whether or not wsup reads it:
+    // wsup stops reading 2 bytes past the limit (room for a CR LF) and exits.
+    client.write(&[b'x'; 16]).await;
+    client.close_stdin();
+    let done = client.finish().await;
+    done.assert_code(65)
+        .assert_stderr_contains("a stdin line is longer than 64 MiB")
+        .assert_stderr_lacks("internal error")
+        .assert_stderr_lacks("panicked");
+    assert!(server.connections()[0].texts.is_empty());
+}

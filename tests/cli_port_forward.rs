@@ -672,3 +672,82 @@ async fn a_listen_address_in_use_is_reported() {
     done.assert_code(69)
         .assert_stderr_contains("cannot listen on");
 }
+
+// ------------------------------------------------------------- hostile clients
+
+/// `--max-tunnels 2` against a server that never answers the upgrade: two tunnels dial,
+/// the third client waits in the listen queue (no third dial) until a client leaves;
+/// then it is dialed. The limit is said once, not once per waiting client.
+#[tokio::test]
+async fn max_tunnels_holds_further_clients_until_a_tunnel_ends_with_one_notice() {
+    let server = support::Server::always(support::Behaviour::Hang).await;
+    let (forward, listen) = port_forward(
+        &server.url(),
+        &["--max-tunnels", "2", "--connect-timeout", "1h"],
+    )
+    .await;
+    let first = TcpStream::connect(listen).await.expect("client 1");
+    let _second = TcpStream::connect(listen).await.expect("client 2");
+    server.wait_connections(2).await;
+    // Accepted by the kernel (listen queue), not by wsup.
+    let _third = TcpStream::connect(listen).await.expect("client 3");
+    forward.wait_stderr("--max-tunnels").await;
+    // A bounded look for a dial that must not come (not a synchronisation: nothing is
+    // waited for on the success path).
+    let third_dialed =
+        tokio::time::timeout(Duration::from_millis(500), server.wait_connections(3)).await;
+    assert!(
+        third_dialed.is_err(),
+        "a third tunnel dialed past --max-tunnels 2"
+    );
+    assert_eq!(server.connection_count(), 2);
+    drop(first);
+    server.wait_connections(3).await;
+    let done = stop(forward, "TERM", 143).await;
+    assert_eq!(
+        done.stderr.matches("--max-tunnels").count(),
+        1,
+        "one notice: {}",
+        done.stderr
+    );
+    assert_eq!(server.connection_count(), 3);
+}
+
+/// A client that connects and leaves at once (a port scan, a health check) ends its
+/// tunnel at once: the refusing upstream sees at most one dial, not a dial per retry;
+/// and the listener serves the next client.
+#[tokio::test]
+async fn a_client_that_leaves_while_its_tunnel_dials_costs_at_most_one_dial() {
+    let server = WsServer::start(vec![Act::Http(503), Act::Echo]).await;
+    let (forward, listen) = port_forward(&server.url(), &["-vv"]).await;
+    let tcp = TcpStream::connect(listen)
+        .await
+        .expect("the listener accepts");
+    drop(tcp);
+    forward.wait_stderr("tunnel closed").await;
+    let seen = server.seen();
+    assert!(
+        seen.connections <= 1,
+        "{} dials for a client that left",
+        seen.connections
+    );
+    let tcp = round_trip(listen, b"the listener survives").await;
+    drop(tcp);
+    stop(forward, "TERM", 143).await;
+}
+
+/// Against an upstream that hangs the upgrade, a client that leaves ends its tunnel
+/// before the connect timeout: the tunnel's end is logged and nothing else is dialed.
+#[tokio::test]
+async fn a_client_that_leaves_during_a_hanging_dial_ends_its_tunnel_at_once() {
+    let server = support::Server::always(support::Behaviour::Hang).await;
+    let (forward, listen) = port_forward(&server.url(), &["-vv", "--connect-timeout", "1h"]).await;
+    let tcp = TcpStream::connect(listen)
+        .await
+        .expect("the listener accepts");
+    server.wait_connections(1).await;
+    drop(tcp);
+    forward.wait_stderr("tunnel closed").await;
+    assert_eq!(server.connection_count(), 1);
+    stop(forward, "TERM", 143).await;
+}

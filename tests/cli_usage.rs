@@ -464,3 +464,99 @@ async fn every_supervising_subcommand_lists_the_exit_codes_in_its_help() {
         .stdout_text();
     assert!(help.contains("--linger"), "{help}");
 }
+
+// ------------------------------------------------------------- hostile numbers
+
+/// Values at or past the ends of what a flag takes: each is a usage error (exit 2, one
+/// line naming the flag), never a panic. Huge durations used to panic with "overflow when
+/// adding durations" once a timer was armed.
+#[tokio::test]
+async fn hostile_numbers_in_flags_are_usage_errors_not_panics() {
+    let server = Server::always(Behaviour::Echo).await;
+    let url = server.url();
+    let connect = ["connect", url.as_str()];
+    let forward = ["port-forward", url.as_str(), "--listen", "0"];
+    let serve = ["serve", "--listen", "127.0.0.1:0"];
+    // (subcommand and its arguments, flag, value): passed as `flag=value`.
+    let mut cases: Vec<(&[&str], &str, &str)> = Vec::new();
+    for flag in [
+        "--ping-interval",
+        "--pong-timeout",
+        "--backoff-initial",
+        "--backoff-max",
+        "--connect-timeout",
+        "--stable-after",
+    ] {
+        for value in [
+            "18446744073709551615s",
+            "2days",
+            "25h",
+            "99999999999999999999999y",
+        ] {
+            cases.push((&connect, flag, value));
+            cases.push((&forward, flag, value));
+        }
+    }
+    for value in ["18446744073709551615s", "2days"] {
+        cases.push((&serve, "--token-ttl", value));
+    }
+    for value in [
+        "0",
+        "64MiB1",
+        "65MiB",
+        "99999999999999999999999GiB",
+        "1XB",
+        "-1",
+        "1.5KiB",
+    ] {
+        cases.push((&connect, "--max-line", value));
+    }
+    for value in ["0", "65537", "99999999999999999999", "-1"] {
+        cases.push((&forward, "--max-tunnels", value));
+    }
+    for value in ["4294967296", "99999999999999999999", "-1"] {
+        cases.push((&connect, "--max-retries", value));
+    }
+    for (command, flag, value) in cases {
+        let mut args = command.to_vec();
+        let flag_value = format!("{flag}={value}");
+        args.push(&flag_value);
+        let done = usage_error(&args, &[]).await;
+        done.assert_stderr_lacks("panicked");
+        assert_mentions(&done, &[flag]);
+    }
+    let done = usage_error(&["port-forward", &url, "--listen", "99999"], &[]).await;
+    done.assert_stderr_lacks("panicked");
+    assert_mentions(&done, &["99999"]);
+    assert_eq!(server.connection_count(), 0, "nothing was dialed");
+}
+
+/// The largest accepted values run: a day-long ping interval and backoff, and the
+/// largest --max-line and --max-retries, against a server that closes at once.
+#[tokio::test]
+async fn the_largest_accepted_values_run_without_overflow() {
+    let server = Server::always(Behaviour::close(1000, "bye")).await;
+    let done = Wsup::spawn([
+        "connect",
+        &server.url(),
+        "--ping-interval",
+        "1day",
+        "--pong-timeout",
+        "24h",
+        "--backoff-max",
+        "1day",
+        "--backoff-initial",
+        "1day",
+        "--connect-timeout",
+        "1day",
+        "--stable-after",
+        "86400s",
+        "--max-retries",
+        "4294967295",
+        "--max-line",
+        "64MiB",
+    ])
+    .finish_within(QUICKLY)
+    .await;
+    done.assert_code(0).assert_stderr_lacks("panicked");
+}

@@ -125,6 +125,7 @@ fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Class {
             other => panic!("violation {other} is not one wsup reports"),
         },
         Failure::Internal(_) => Class::Internal,
+        Failure::InputRejected(_) => Class::RejectedData,
     }
 }
 

@@ -17,7 +17,7 @@
 //! the websocket while the session has a full inbound queue. A slow TCP reader therefore
 //! slows the websocket instead of filling memory.
 
-use super::{Link, Outbound, Session};
+use super::{Control, Link, Outbound, Session};
 use crate::credentials::{Anonymous, Credentials};
 use crate::driver::{Config, NoticeSink, SignalWatch, Supervisor};
 use crate::machine::{Notice, Outcome, Sig};
@@ -42,6 +42,9 @@ pub const CHUNK: usize = 64 * 1024;
 /// frame's buffer is reused (docs/benchmarks.md). The kernel's socket buffers hold the
 /// rest.
 pub const QUEUE_BYTES: usize = CHUNK;
+
+/// Tunnels open at once unless [`Forwarder::max_tunnels`] says otherwise.
+pub const DEFAULT_MAX_TUNNELS: u32 = 256;
 
 /// Redials a tunnel's dial gets when `--max-retries` is not given.
 pub const DEFAULT_TUNNEL_RETRIES: u32 = 5;
@@ -69,10 +72,17 @@ impl Session for ForwardSession {
         let Link {
             mut inbound,
             outbound,
+            control,
             ..
         } = link;
         let (read_half, mut write_half) = self.tcp.into_split();
-        let reader = tokio::spawn(send_chunks(read_half, outbound));
+        let reader = tokio::spawn(async move {
+            if send_chunks(read_half, outbound).await == ReadEnd::ClientGone {
+                // Ignored once the websocket is up; before, it ends the tunnel at once
+                // (the sender is already dropped: nothing queued is left to send).
+                let _ = control.send(Control::LocalGone).await;
+            }
+        });
         let mut failed = false;
         while let Some(message) = inbound.recv().await {
             let written = match &message {
@@ -97,25 +107,40 @@ impl Session for ForwardSession {
     }
 }
 
+/// How the TCP connection's reading side ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// EOF after some bytes: the client may still wait for the answer (a half-close).
+    Finished,
+    /// EOF before a single byte, or a read error (reset): the client has left, nobody
+    /// wants the tunnel (a port scan, a health check that only connects).
+    ClientGone,
+    /// The supervisor stopped taking frames.
+    SupervisorGone,
+}
+
 /// Reads the TCP connection straight into the frames' buffers and queues each read as a
 /// binary frame: no copy between the socket and the websocket's writer (which masks the
 /// payload into its own buffer). Returning drops the sender: the supervisor sends close
 /// 1000 once everything queued has left.
-async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) {
+async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) -> ReadEnd {
     let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
     let mut buffer = BytesMut::new();
+    let mut read_any = false;
     loop {
         // Room for a whole read first: once the supervisor has taken the previous
         // frame (and copied it into the websocket's buffer), `reserve` reuses that
         // frame's allocation instead of making a new one for every read.
         let Ok(mut permit) = budget.clone().acquire_many_owned(CHUNK as u32).await else {
-            return;
+            return ReadEnd::SupervisorGone;
         };
         buffer.reserve(CHUNK);
         let read = match tcp.read_buf(&mut (&mut buffer).limit(CHUNK)).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) if read_any => return ReadEnd::Finished,
+            Ok(0) | Err(_) => return ReadEnd::ClientGone,
             Ok(read) => read,
         };
+        read_any = true;
         // The frame holds what it uses; the rest of the room is given back.
         let permit = permit.split(read);
         let item = Outbound {
@@ -123,7 +148,7 @@ async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) {
             permit,
         };
         if outbound.send(item).await.is_err() {
-            return;
+            return ReadEnd::SupervisorGone;
         }
     }
 }
@@ -133,6 +158,9 @@ pub type TunnelEndSink = Arc<dyn Fn(SocketAddr, &Outcome) + Send + Sync>;
 
 /// Notices of one tunnel, with its TCP peer.
 pub type TunnelNoticeSink = Arc<dyn Fn(SocketAddr, &Notice) + Send + Sync>;
+
+/// Called once, the first time the tunnel limit is reached, with the limit.
+pub type TunnelLimitSink = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// The port-forward listener: a supervised tunnel per accepted connection.
 ///
@@ -154,6 +182,8 @@ pub struct Forwarder {
     signals: Option<SignalWatch>,
     notices: Option<TunnelNoticeSink>,
     on_tunnel_end: Option<TunnelEndSink>,
+    max_tunnels: usize,
+    on_tunnel_limit: Option<TunnelLimitSink>,
 }
 
 impl Forwarder {
@@ -178,7 +208,23 @@ impl Forwarder {
             signals: None,
             notices: None,
             on_tunnel_end: None,
+            max_tunnels: DEFAULT_MAX_TUNNELS as usize,
+            on_tunnel_limit: None,
         })
+    }
+
+    /// Tunnels open at once (at least 1; default [`DEFAULT_MAX_TUNNELS`]). At the limit
+    /// the listener stops accepting until a tunnel ends: further clients wait in the
+    /// kernel's listen queue (back-pressure) instead of each costing a websocket.
+    pub fn max_tunnels(mut self, max: usize) -> Self {
+        self.max_tunnels = max.max(1);
+        self
+    }
+
+    /// Told once, the first time the limit is reached (by default, a warning is logged).
+    pub fn on_tunnel_limit(mut self, sink: TunnelLimitSink) -> Self {
+        self.on_tunnel_limit = Some(sink);
+        self
     }
 
     /// Shared by every tunnel: refreshes are single-flight across all of them.
@@ -218,7 +264,14 @@ impl Forwarder {
             signals,
             notices,
             on_tunnel_end,
+            max_tunnels,
+            on_tunnel_limit,
         } = self;
+        let mut on_tunnel_limit = Some(on_tunnel_limit.unwrap_or_else(|| {
+            Arc::new(|max| {
+                tracing::warn!(target: "wsup::forward", max, "tunnel limit reached: further connections wait")
+            })
+        }));
         let mut signals = signals.unwrap_or_else(crate::driver::process_signals);
         let mut tunnels = JoinSet::new();
         let mut signals_open = true;
@@ -233,7 +286,7 @@ impl Forwarder {
                     signals_open = changed.is_ok();
                 }
                 Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {}
-                accepted = listener.accept() => match accepted {
+                accepted = listener.accept(), if tunnels.len() < max_tunnels => match accepted {
                     Ok((tcp, peer)) => {
                         let supervisor = Supervisor::new(config.clone())
                             .credentials(credentials.clone())
@@ -241,6 +294,13 @@ impl Forwarder {
                             .signals(signals.clone())
                             .on_notice(tunnel_notices(notices.clone(), peer));
                         tunnels.spawn(tunnel(supervisor, tcp, peer, on_tunnel_end.clone()));
+                        if tunnels.len() >= max_tunnels {
+                            // Once, not per waiting client: a flood of clients must not
+                            // become a flood of lines.
+                            if let Some(sink) = on_tunnel_limit.take() {
+                                sink(max_tunnels);
+                            }
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(target: "wsup::forward", %error, "accept failed");

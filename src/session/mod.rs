@@ -9,6 +9,7 @@ pub mod forward;
 pub mod logs;
 pub mod shell;
 
+use crate::classify::Failure;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,6 +76,11 @@ impl From<Message> for Outbound {
 pub enum Control {
     /// The user pressed Ctrl+C: forwarded while connected, quits (130) while offline.
     Interrupt,
+    /// The local side left before the connection was up (a port-forward client that
+    /// closed while its tunnel was dialing): nobody wants this connection any more, so
+    /// stop at once instead of dialing or backing off. Ignored once connected, where
+    /// dropping [`Link::outbound`] closes normally.
+    LocalGone,
 }
 
 /// Query parameters added to the URL on every dial (the shell's terminal size).
@@ -88,6 +94,23 @@ impl DialQuery {
 
     pub fn get(&self) -> Vec<(String, String)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Why the session stopped sending, when its input did not simply end: a failure set
+/// here before [`Link::outbound`] is dropped stops the supervisor with that failure's
+/// class (exit 65 for [`Failure::InputRejected`]) instead of closing normally, once
+/// everything sent before has been handed to the connection.
+#[derive(Debug, Clone, Default)]
+pub struct InputFailure(Arc<Mutex<Option<Failure>>>);
+
+impl InputFailure {
+    pub fn set(&self, failure: Failure) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+    }
+
+    pub fn take(&self) -> Option<Failure> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -164,6 +187,8 @@ pub struct Link {
     pub outbound: mpsc::Sender<Outbound>,
     pub control: mpsc::Sender<Control>,
     pub dial_query: DialQuery,
+    /// Set before dropping `outbound` when the input ended in a failure.
+    pub input_failure: InputFailure,
 }
 
 impl Link {
@@ -186,6 +211,7 @@ pub(crate) struct LinkEnds {
     pub outbound: mpsc::Receiver<Outbound>,
     pub control: mpsc::Receiver<Control>,
     pub dial_query: DialQuery,
+    pub input_failure: InputFailure,
 }
 
 /// How many messages may wait in each direction between driver and session, unless a
@@ -206,6 +232,7 @@ pub(crate) fn link(outbound_capacity: usize) -> (Link, LinkEnds) {
     let (control_tx, control_rx) = mpsc::channel(8);
     let dial_query = DialQuery::default();
     let inbound_budget = Arc::new(InboundBudget::default());
+    let input_failure = InputFailure::default();
     (
         Link {
             inbound: Inbound {
@@ -215,6 +242,7 @@ pub(crate) fn link(outbound_capacity: usize) -> (Link, LinkEnds) {
             outbound: outbound_tx,
             control: control_tx,
             dial_query: dial_query.clone(),
+            input_failure: input_failure.clone(),
         },
         LinkEnds {
             inbound: inbound_tx,
@@ -222,6 +250,7 @@ pub(crate) fn link(outbound_capacity: usize) -> (Link, LinkEnds) {
             outbound: outbound_rx,
             control: control_rx,
             dial_query,
+            input_failure,
         },
     )
 }

@@ -231,6 +231,7 @@ where
             outbound,
             control,
             dial_query,
+            ..
         } = link;
         let mut reader = AbortOnDrop(tokio::spawn(send_input(
             self.input,
