@@ -21,7 +21,7 @@ use std::time::Duration;
     // Common flags are global, before or after the subcommand: `--version` too.
     propagate_version = true,
     about = "Keep a websocket session alive through dropped networks, server restarts and expiring tokens; stop fast when retrying cannot help.",
-    after_help = "Exit codes: 0 done, 2 usage, 65 data rejected, 69 permanent failure, 75 retries exhausted, 77 auth/permission, 130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error."
+    after_help = "Exit codes: 0 done, 2 usage, 65 data rejected, 69 permanent failure, 74 output lost, 75 retries exhausted, 77 auth/permission, 130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -159,6 +159,11 @@ pub struct CommonArgs {
     /// Only the final reason for stopping.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// After the session ends, how long wsup may wait for stdout's reader to take what
+    /// was received (default: as long as it takes for connect and logs, 2s for shell);
+    /// past it, exit 74 with the number of bytes not written.
+    #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Option<Duration>,
 }
 
 fn parse_app_close_code(text: &str) -> Result<u16, String> {

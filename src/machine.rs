@@ -50,6 +50,9 @@ pub enum Event {
     UserInterrupt,
     /// The local side has nothing more to send (stdin EOF).
     LocalEof,
+    /// The session could not write what it received (stdout failed with an error other
+    /// than a broken pipe): the output is lost, the session ends.
+    OutputFailed(String),
 }
 
 /// What the driver must do on the machine's behalf.
@@ -135,6 +138,22 @@ pub enum Outcome {
     Signal(Sig),
     /// Ctrl+C while offline.
     Interrupted,
+    /// What the server sent could not all be written out (exit 74, EX_IOERR).
+    OutputLost(OutputLoss),
+}
+
+/// Why output was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputLoss {
+    /// Writing failed with this error (never a broken pipe: a reader that went away
+    /// chose to stop reading, and that ends the session quietly).
+    WriteFailed(String),
+    /// The session's output was still not written when the drain timeout passed.
+    DrainTimeout {
+        /// Bytes received and not written.
+        unwritten: u64,
+        timeout: std::time::Duration,
+    },
 }
 
 impl Outcome {
@@ -145,6 +164,7 @@ impl Outcome {
             Outcome::RetriesExhausted { .. } => 75,
             Outcome::Signal(Sig::Interrupt) | Outcome::Interrupted => 130,
             Outcome::Signal(Sig::Terminate) => 143,
+            Outcome::OutputLost(_) => 74,
         }
     }
 }
@@ -166,6 +186,9 @@ pub enum Notice {
     },
     /// Connected again after at least one failure.
     Reconnected,
+    /// The server ended the session normally (a close it started, not the answer to
+    /// ours): said once, so that a normal end is not silent.
+    ServerClosed { code: u16, reason: String },
 }
 
 /// What the machine knows about the credentials, refreshed by the driver before each
@@ -265,6 +288,9 @@ impl Core {
     fn running(event: &Event) -> Response<State> {
         match event {
             Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
+            Event::OutputFailed(error) => Transition(State::terminated(Outcome::OutputLost(
+                OutputLoss::WriteFailed(error.clone()),
+            ))),
             // Stray events (a frame from a connection already given up on, a timer
             // that raced its cancellation) are ignored.
             _ => Handled,
@@ -457,6 +483,13 @@ impl Core {
                 }
                 Super
             }
+            Event::OutputFailed(_) => {
+                // Nobody can see what the server sends any more: tell it we are going.
+                if !*closing {
+                    context.push(Effect::Close(CLOSE_GOING_AWAY, "output lost".into()));
+                }
+                Super
+            }
             _ => Super,
         }
     }
@@ -543,7 +576,12 @@ impl Core {
         context.reason = Some(failure.label());
         let class = self.config.rules.classify(&failure);
         match class {
-            Class::Done => State::terminated(Outcome::Done),
+            Class::Done => {
+                if let Failure::Close { code, reason } = failure {
+                    context.push(Effect::Notify(Notice::ServerClosed { code, reason }));
+                }
+                State::terminated(Outcome::Done)
+            }
             Class::Transient => self.retry_later(context, failure, guards, Resume::Dial),
             Class::Auth if context.creds.refreshable && !guards.refreshed_in_streak => {
                 guards.refreshed_in_streak = true;
@@ -654,6 +692,7 @@ fn event_name(event: &Event) -> &'static str {
         Event::Signal(Sig::Terminate) => "sigterm",
         Event::UserInterrupt => "user_interrupt",
         Event::LocalEof => "local_eof",
+        Event::OutputFailed(_) => "output_failed",
     }
 }
 

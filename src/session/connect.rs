@@ -1,6 +1,6 @@
 //! `wsup connect`: stdin lines out as text frames, messages in to stdout.
 
-use super::{Link, Outbound, Session};
+use super::{report_output_error, Link, Outbound, OutputError, Session};
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, Semaphore};
@@ -57,21 +57,38 @@ where
         let Link {
             mut inbound,
             outbound,
+            control,
             ..
         } = link;
         let reader = tokio::spawn(send_lines(self.input, outbound));
-        let mut output = BufWriter::new(self.output);
-        while let Some(message) = inbound.recv().await {
-            if write_message(&mut output, &message).await.is_err() {
-                break;
+        let mut output = BufWriter::new(inbound.counted(self.output));
+        let written: Result<(), OutputError> = async {
+            while let Some(message) = inbound.recv().await {
+                inbound.owe(output_len(&message));
+                write_message(&mut output, &message).await?;
+                // Flush when nothing else is waiting: one syscall per burst, not per message.
+                if inbound.is_empty() {
+                    output.flush().await?;
+                }
             }
-            // Flush when nothing else is waiting: one syscall per burst, not per message.
-            if inbound.is_empty() && output.flush().await.is_err() {
-                break;
-            }
+            Ok(output.flush().await?)
         }
-        let _ = output.flush().await;
+        .await;
+        // Reported before the input stops: the supervisor must hear "output failed"
+        // before it sees the end of input, or it would close 1000 as for a normal end.
+        if let Err(error) = written {
+            report_output_error(&control, error).await;
+        }
         reader.abort();
+    }
+}
+
+/// The bytes [`write_message`] writes for `message`.
+fn output_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len() + 1,
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
     }
 }
 

@@ -9,7 +9,7 @@
 //! as notices do with close reasons): a hostile server cannot forge lines or drive the
 //! terminal. `--raw` keeps the bytes as received.
 
-use super::{Link, Session};
+use super::{report_output_error, Link, OutputError, Session};
 use crate::classify::escape_untrusted;
 use chrono::{DateTime, Local, SecondsFormat, TimeZone};
 use std::collections::hash_map::DefaultHasher;
@@ -68,26 +68,32 @@ where
         let Link {
             mut inbound,
             outbound: _keep_open,
+            control,
             ..
         } = link;
         let mut printer = Printer::new(self.raw, Local);
-        let mut output = BufWriter::new(self.output);
+        let mut output = BufWriter::new(inbound.counted(self.output));
         let mut line = Vec::with_capacity(256);
-        while let Some(message) = inbound.recv().await {
-            line.clear();
-            if printer.render(&message, &mut line) == Rendered::NotJson && !printer.warned {
-                printer.warned = true;
-                (self.warnings)(NOT_JSON_WARNING);
+        let written: Result<(), OutputError> = async {
+            while let Some(message) = inbound.recv().await {
+                line.clear();
+                if printer.render(&message, &mut line) == Rendered::NotJson && !printer.warned {
+                    printer.warned = true;
+                    (self.warnings)(NOT_JSON_WARNING);
+                }
+                inbound.owe(line.len());
+                output.write_all(&line).await?;
+                // Flush when nothing else is waiting: one syscall per burst, not per line.
+                if inbound.is_empty() {
+                    output.flush().await?;
+                }
             }
-            if !line.is_empty() && output.write_all(&line).await.is_err() {
-                break;
-            }
-            // Flush when nothing else is waiting: one syscall per burst, not per line.
-            if inbound.is_empty() && output.flush().await.is_err() {
-                break;
-            }
+            Ok(output.flush().await?)
         }
-        let _ = output.flush().await;
+        .await;
+        if let Err(error) = written {
+            report_output_error(&control, error).await;
+        }
     }
 }
 
