@@ -586,7 +586,10 @@ impl<D: Dialer> Driver<D> {
         if let Some(mut conn) = self.conn.take() {
             let _ = tokio::time::timeout(EXIT_FLUSH, poll_fn(|cx| conn.poll_flush_queue(cx))).await;
         }
-        if hurry {
+        // A session that already let go of its output (it dropped its receiver) owes
+        // nothing: it gets a moment to finish, not an unbounded wait.
+        let gave_up_output = self.ends.inbound.is_closed();
+        if hurry || gave_up_output {
             // A signal wins: the session gets a moment, not its reader's pace.
             let deadline = Instant::now() + EXIT_FLUSH;
             if let Some(message) = self.pending_delivery.take() {

@@ -1198,6 +1198,52 @@ mod tests {
     }
 
     #[test]
+    fn output_failure_closes_1001_and_exits_74() {
+        let lost = Outcome::OutputLost(OutputLoss::WriteFailed("disk full".into()));
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::OutputFailed("disk full".into()));
+        assert_eq!(
+            fx.first(),
+            Some(&Effect::Close(CLOSE_GOING_AWAY, "output lost".into()))
+        );
+        assert_eq!(exit_of(&fx), Some(&lost));
+        assert_eq!(lost.exit_code(), 74);
+        // Offline, or while closing: no close frame to send, the same outcome.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialFailed(refused()));
+        let fx = m.handle(Event::OutputFailed("disk full".into()));
+        assert_eq!(fx.last(), Some(&Effect::Exit(lost.clone())));
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        let fx = m.handle(Event::OutputFailed("disk full".into()));
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))), "{fx:?}");
+        assert_eq!(exit_of(&fx), Some(&lost));
+    }
+
+    #[test]
+    fn a_normal_close_by_the_server_is_said_but_not_the_answer_to_ours() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Closed(close(1000, "bye")));
+        assert!(fx.contains(&Effect::Notify(Notice::ServerClosed {
+            code: 1000,
+            reason: "bye".into()
+        })));
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        let fx = m.handle(Event::Closed(close(1000, "")));
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Notify(_))), "{fx:?}");
+    }
+
+    #[test]
     fn tunnel_mode_does_not_redial_after_connected() {
         let mut m = machine(MachineConfig {
             redial_after_connected: false,

@@ -176,7 +176,12 @@ async fn serve_raw_prints_the_json_frames() {
         second["created_at"].as_u64().unwrap(),
         first["created_at"].as_u64().unwrap() + 1
     );
-    assert_eq!(done.stderr, "", "{}", done.dump());
+    assert_eq!(
+        done.stderr,
+        "wsup: server closed the session (1000)\n",
+        "only the normal close is said\n{}",
+        done.dump()
+    );
     stop_serve(serve).await;
 }
 
