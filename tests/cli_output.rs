@@ -212,6 +212,24 @@ async fn drain_timeout_bounds_the_wait_and_says_how_many_bytes_were_not_written(
     assert!(count > 0 && count <= BIG, "{line}");
 }
 
+#[tokio::test]
+async fn a_signal_ends_the_wait_for_a_reader_that_never_reads() {
+    let server = Server::always(big_then_close()).await;
+    let url = server.url();
+    let (_reader, writer) = std::io::pipe().expect("pipe");
+    let client = spawn_with_stdout(&["connect", &url], writer.into());
+    // The session is over; wsup now waits, without bound, for a reader that never reads.
+    server.wait_client_close(0).await;
+    let sent = client.signal("INT");
+    let done = client.finish().await;
+    done.assert_code(130);
+    let latency = done.exited_at - sent;
+    assert!(
+        latency < Duration::from_secs(2),
+        "a signal wins at once, took {latency:?}"
+    );
+}
+
 // ------------------------------------------------------------ item 9: a normal close is said
 
 #[tokio::test]
@@ -280,4 +298,18 @@ async fn json_log_format_makes_every_stderr_line_one_json_object() {
         "-v adds the transitions, as JSON\n{}",
         done.dump()
     );
+
+    // Usage errors too, whether the flags parsed or not.
+    for args in [
+        &["connect", "http://not-a-websocket/", "--log-format", "json"][..],
+        &["connect", &url, "--log-format", "json", "--no-such-flag"][..],
+    ] {
+        let done = Wsup::spawn(args).finish().await;
+        done.assert_code(2);
+        for line in done.stderr.lines() {
+            let object: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {line:?}"));
+            assert_eq!(object["kind"], "notice", "{line}");
+        }
+    }
 }
