@@ -599,9 +599,12 @@ impl<D: Dialer> Driver<D> {
                     self.ends.inbound_budget.deliver(permit, message);
                 }
             }
-            self.close_inbound();
+            close_inbound(&mut self.ends);
             let _ = tokio::time::timeout_at(deadline, session_task).await;
-            return outcome;
+            if hurry {
+                return outcome;
+            }
+            return self.output_failure_after(outcome);
         }
         // A normal end: every byte received is written, however slow the reader, unless
         // the user bounded the wait. A signal still ends it at once.
@@ -611,16 +614,18 @@ impl<D: Dialer> Driver<D> {
             let ends = &mut self.ends;
             let pending = &mut self.pending_delivery;
             let drain = async move {
-                if let Some(message) = pending.take() {
+                // Taken only once there is room: a message still waiting when the timeout
+                // passes is counted as not written.
+                if pending.is_some() {
                     // An error means the session is gone; it reported why, if it had to,
                     // through its control channel.
                     if let Ok(permit) = ends.inbound.reserve().await {
-                        ends.inbound_budget.deliver(permit, message);
+                        if let Some(message) = pending.take() {
+                            ends.inbound_budget.deliver(permit, message);
+                        }
                     }
                 }
-                // Closing our end tells the session the supervisor has stopped.
-                let (closed_tx, _) = mpsc::channel(1);
-                drop(std::mem::replace(&mut ends.inbound, closed_tx));
+                close_inbound(ends);
                 let _ = session_task.await;
             };
             let bounded = async move {
@@ -638,10 +643,12 @@ impl<D: Dialer> Driver<D> {
                 drained = bounded => drained,
             }
         };
-        if !drained {
-            self.close_inbound();
-            let unwritten = self.ends.inbound_budget.unwritten()
-                + self.pending_delivery.as_ref().map_or(0, Message::len);
+        let unwritten = self.ends.inbound_budget.unwritten()
+            + self.pending_delivery.as_ref().map_or(0, Message::len);
+        // Past the timeout with every byte out (the session was only winding down), the
+        // output is whole: nothing to report.
+        if !drained && unwritten > 0 {
+            close_inbound(&mut self.ends);
             return match outcome {
                 Outcome::Done => Outcome::OutputLost(OutputLoss::DrainTimeout {
                     unwritten: unwritten as u64,
@@ -650,7 +657,12 @@ impl<D: Dialer> Driver<D> {
                 other => other,
             };
         }
-        // A write that failed after the machine stopped is only heard of here.
+        self.output_failure_after(outcome)
+    }
+
+    /// A write that failed as or after the machine stopped is only heard of here: it
+    /// turns a normal end into lost output.
+    fn output_failure_after(&mut self, outcome: Outcome) -> Outcome {
         while let Ok(control) = self.ends.control.try_recv() {
             if let (session::Control::OutputFailed(error), Outcome::Done) = (control, &outcome) {
                 return Outcome::OutputLost(OutputLoss::WriteFailed(error));
@@ -658,11 +670,13 @@ impl<D: Dialer> Driver<D> {
         }
         outcome
     }
+}
 
-    fn close_inbound(&mut self) {
-        let (closed_tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.ends.inbound, closed_tx));
-    }
+/// Closing the supervisor's end of the inbound channel tells the session that the
+/// supervisor has stopped: it takes what is left, then `recv` returns `None`.
+fn close_inbound(ends: &mut LinkEnds) {
+    let (closed_tx, _) = mpsc::channel(1);
+    drop(std::mem::replace(&mut ends.inbound, closed_tx));
 }
 
 /// Completes with the next SIGINT/SIGTERM (one that already arrived counts); never, if
