@@ -419,8 +419,9 @@ async fn serve(args: ServeArgs) -> u8 {
         }
     };
     // The URL on stdout lets a script that asked for port 0 find the server.
-    println!("{}", server.ws_url());
-    let _ = std::io::stdout().flush();
+    // Written, not `println!`: a reader that went away must not panic the server.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "{}", server.ws_url()).and_then(|()| stdout.flush());
     let sig = loop {
         if signals.changed().await.is_err() {
             break Sig::Terminate;

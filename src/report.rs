@@ -312,6 +312,47 @@ mod tests {
     }
 
     #[test]
+    fn a_normal_close_is_said_with_its_reason_escaped() {
+        let notice = Notice::ServerClosed {
+            code: 1000,
+            reason: "bye\u{1b}[2J".into(),
+        };
+        assert_eq!(
+            notice_line(&notice),
+            "server closed the session (1000 bye\\u{1b}[2J)"
+        );
+        let fields = notice_fields(&notice);
+        assert_eq!(fields["kind"], "notice");
+        assert_eq!(fields["class"], "done");
+        assert_eq!(fields["code"], 1000);
+        assert_eq!(fields["reason"], "bye\\u{1b}[2J");
+        let silent = Notice::ServerClosed {
+            code: 1000,
+            reason: String::new(),
+        };
+        assert_eq!(notice_line(&silent), "server closed the session (1000)");
+    }
+
+    #[test]
+    fn the_final_json_line_carries_the_exit_code() {
+        let fields = outcome_fields(
+            &Outcome::OutputLost(OutputLoss::DrainTimeout {
+                unwritten: 1,
+                timeout: Duration::from_millis(200),
+            }),
+            &CredentialKind::None,
+        )
+        .unwrap();
+        assert_eq!(fields["exit_code"], 74);
+        assert_eq!(fields["final"], true);
+        assert_eq!(
+            fields["message"],
+            "1 byte received from the server not written: the output was not read within --drain-timeout 200ms"
+        );
+        assert!(outcome_fields(&Outcome::Done, &CredentialKind::None).is_none());
+    }
+
+    #[test]
     fn done_prints_nothing() {
         assert_eq!(outcome_line(&Outcome::Done, &CredentialKind::None), None);
     }
