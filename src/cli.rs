@@ -186,6 +186,11 @@ pub struct CommonArgs {
     /// Only the final reason for stopping.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// After the session ends, how long wsup may wait for stdout's reader to take what
+    /// was received (default: as long as it takes for connect and logs, 2s for shell);
+    /// past it, exit 74 with the number of bytes not written.
+    #[arg(long, global = true, value_parser = parse_bounded_duration, value_name = "DURATION")]
+    pub drain_timeout: Option<Duration>,
     /// At stdin EOF, keep the connection open until the server has been quiet this long
     /// (so replies are not cut off), then close; 0 closes at once.
     #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "1s")]

@@ -14,6 +14,7 @@ use crate::driver::{Config, NoticeSink, SignalWatch, Supervisor};
 use crate::machine::{MachineConfig, Outcome};
 use crate::serve::{self, ServeOptions};
 use crate::session::{Link, Session};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +30,10 @@ impl Session for PrintSession {
     async fn run(self, mut link: Link) {
         while let Some(message) = link.recv().await {
             if let Ok(text) = message.to_text() {
-                println!("{text}");
+                if writeln!(std::io::stdout(), "{text}").is_err() {
+                    // Nobody reads the tour any more (`wsup demo | head`): stop quietly.
+                    return;
+                }
             }
         }
     }
@@ -46,7 +50,9 @@ pub async fn run(notices: NoticeSink, signals: SignalWatch) -> Result<Outcome, S
             .await
             .map_err(|e| format!("cannot start the demo server on 127.0.0.1: {e}"))?,
     );
-    eprintln!(
+    // Written, not `eprintln!`: a failing stderr must not panic (nor change the exit).
+    let _ = writeln!(
+        std::io::stderr(),
         "wsup demo: scripted server on {} with steps: {DEMO_SCRIPT}",
         server.ws_url()
     );

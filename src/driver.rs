@@ -13,8 +13,8 @@ use crate::backoff::{Backoff, BackoffPolicy, Jitter};
 use crate::classify::{Failure, NetworkKind};
 use crate::credentials::{Anonymous, Credentials, Secret, EXPIRY_WINDOW};
 use crate::machine::{
-    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, RefreshReason, Sig,
-    State, TimerKind,
+    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, OutputLoss,
+    RefreshReason, Sig, State, TimerKind,
 };
 use crate::session::{self, LinkEnds, Session};
 use crate::transport::{
@@ -40,6 +40,8 @@ pub const DRAIN_AFTER_WRITE_ERROR: Duration = Duration::from_millis(500);
 /// On exit, how long the close frame may take to leave. Keeps signal-to-exit fast.
 const EXIT_FLUSH: Duration = Duration::from_millis(50);
 /// A retired connection gets this long to finish its closing handshake in the background.
+/// At exit, how long to wait for the server to answer our close frame.
+const CLOSE_ANSWER_WAIT: Duration = Duration::from_millis(250);
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// Messages waiting for the socket before the driver stops taking more from the session.
 const SEND_QUEUE_MESSAGES: usize = 16;
@@ -122,6 +124,7 @@ pub struct Supervisor {
     jitter: Option<Jitter>,
     notices: Option<NoticeSink>,
     signals: Option<SignalWatch>,
+    drain_timeout: Option<Duration>,
 }
 
 impl Supervisor {
@@ -133,7 +136,16 @@ impl Supervisor {
             jitter: None,
             notices: None,
             signals: None,
+            drain_timeout: None,
         }
+    }
+
+    /// After a normal end, how long the session may take to write what it received
+    /// (`None`, the default: as long as its reader needs). Past it, the outcome is
+    /// [`Outcome::OutputLost`] with the bytes not written. A signal ends the wait at once.
+    pub fn drain_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.drain_timeout = timeout;
+        self
     }
 
     pub fn credentials(mut self, credentials: Arc<dyn Credentials>) -> Self {
@@ -212,8 +224,9 @@ impl Supervisor {
             carried_over: VecDeque::new(),
         };
         let outcome = driver.run().await;
-        driver.finish(session_task, &outcome).await;
-        outcome
+        driver
+            .finish(session_task, outcome, self.drain_timeout)
+            .await
     }
 }
 
@@ -371,6 +384,7 @@ impl<D: Dialer> Driver<D> {
                 control = self.ends.control.recv(), if control_open => match control {
                     Some(session::Control::Interrupt) => Event::UserInterrupt,
                     Some(session::Control::LocalGone) => Event::LocalGone,
+                    Some(session::Control::OutputFailed(error)) => Event::OutputFailed(error),
                     None => {
                         control_open = false;
                         continue;
@@ -592,29 +606,138 @@ impl<D: Dialer> Driver<D> {
     }
 
     /// After the machine exited: let the close frame leave (briefly), hand the session
-    /// what it is still owed and let it finish writing.
-    async fn finish(&mut self, session_task: tokio::task::JoinHandle<()>, outcome: &Outcome) {
+    /// what it is still owed and let it finish writing. Returns the outcome, which is
+    /// [`Outcome::OutputLost`] instead of `Done` when the session could not write
+    /// everything (a write error, or `drain_timeout` passed).
+    async fn finish(
+        &mut self,
+        session_task: tokio::task::JoinHandle<()>,
+        outcome: Outcome,
+        drain_timeout: Option<Duration>,
+    ) -> Outcome {
         let hurry = matches!(outcome, Outcome::Signal(_) | Outcome::Interrupted);
         if let Some(mut conn) = self.conn.take() {
             let _ = tokio::time::timeout(EXIT_FLUSH, poll_fn(|cx| conn.poll_flush_queue(cx))).await;
-        }
-        let budget = if hurry {
-            EXIT_FLUSH
-        } else {
-            Duration::from_secs(1)
-        };
-        let deadline = Instant::now() + budget;
-        if let Some(message) = self.pending_delivery.take() {
-            if let Ok(Ok(permit)) =
-                tokio::time::timeout_at(deadline, self.ends.inbound.reserve()).await
-            {
-                self.ends.inbound_budget.deliver(permit, message);
+            // Our close frame is out: read (and drop) what the server still sends until its
+            // own close, briefly. Exiting with its data unread in our receive buffer would
+            // make the kernel answer with a reset, and the server could lose our close frame
+            // (and its reason) to that reset. A server already declared dead is not waited
+            // for, nor is anyone after a signal.
+            let server_dead = matches!(
+                &outcome,
+                Outcome::RetriesExhausted { failure: Failure::Liveness, .. }
+                    | Outcome::Stopped { failure: Failure::Liveness, .. }
+            );
+            if !hurry && !server_dead {
+                let _ = tokio::time::timeout(CLOSE_ANSWER_WAIT, async {
+                    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut conn.ws).await {}
+                })
+                .await;
             }
         }
-        // Closing our ends tells the session the supervisor has stopped.
-        let (closed_tx, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.ends.inbound, closed_tx));
-        let _ = tokio::time::timeout_at(deadline, session_task).await;
+        // A session that already let go of its output (it dropped its receiver) owes
+        // nothing: it gets a moment to finish, not an unbounded wait.
+        let gave_up_output = self.ends.inbound.is_closed();
+        if hurry || gave_up_output {
+            // A signal wins: the session gets a moment, not its reader's pace.
+            let deadline = Instant::now() + EXIT_FLUSH;
+            if let Some(message) = self.pending_delivery.take() {
+                if let Ok(Ok(permit)) =
+                    tokio::time::timeout_at(deadline, self.ends.inbound.reserve()).await
+                {
+                    self.ends.inbound_budget.deliver(permit, message);
+                }
+            }
+            close_inbound(&mut self.ends);
+            let _ = tokio::time::timeout_at(deadline, session_task).await;
+            if hurry {
+                return outcome;
+            }
+            return self.output_failure_after(outcome);
+        }
+        // A normal end: every byte received is written, however slow the reader, unless
+        // the user bounded the wait. A signal still ends it at once.
+        let deadline = drain_timeout.map(|timeout| Instant::now() + timeout);
+        let drained = {
+            let signals = &mut self.signals;
+            let ends = &mut self.ends;
+            let pending = &mut self.pending_delivery;
+            let drain = async move {
+                // Taken only once there is room: a message still waiting when the timeout
+                // passes is counted as not written.
+                if pending.is_some() {
+                    // An error means the session is gone; it reported why, if it had to,
+                    // through its control channel.
+                    if let Ok(permit) = ends.inbound.reserve().await {
+                        if let Some(message) = pending.take() {
+                            ends.inbound_budget.deliver(permit, message);
+                        }
+                    }
+                }
+                close_inbound(ends);
+                let _ = session_task.await;
+            };
+            let bounded = async move {
+                match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, drain).await.is_ok(),
+                    None => {
+                        drain.await;
+                        true
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                sig = signal_arrives(signals) => return Outcome::Signal(sig),
+                drained = bounded => drained,
+            }
+        };
+        let unwritten = self.ends.inbound_budget.unwritten()
+            + self.pending_delivery.as_ref().map_or(0, Message::len);
+        // Past the timeout with every byte out (the session was only winding down), the
+        // output is whole: nothing to report.
+        if !drained && unwritten > 0 {
+            close_inbound(&mut self.ends);
+            return match outcome {
+                Outcome::Done => Outcome::OutputLost(OutputLoss::DrainTimeout {
+                    unwritten: unwritten as u64,
+                    timeout: drain_timeout.unwrap_or_default(),
+                }),
+                other => other,
+            };
+        }
+        self.output_failure_after(outcome)
+    }
+
+    /// A write that failed as or after the machine stopped is only heard of here: it
+    /// turns a normal end into lost output.
+    fn output_failure_after(&mut self, outcome: Outcome) -> Outcome {
+        while let Ok(control) = self.ends.control.try_recv() {
+            if let (session::Control::OutputFailed(error), Outcome::Done) = (control, &outcome) {
+                return Outcome::OutputLost(OutputLoss::WriteFailed(error));
+            }
+        }
+        outcome
+    }
+}
+
+/// Closing the supervisor's end of the inbound channel tells the session that the
+/// supervisor has stopped: it takes what is left, then `recv` returns `None`.
+fn close_inbound(ends: &mut LinkEnds) {
+    let (closed_tx, _) = mpsc::channel(1);
+    drop(std::mem::replace(&mut ends.inbound, closed_tx));
+}
+
+/// Completes with the next SIGINT/SIGTERM (one that already arrived counts); never, if
+/// the signal source is gone.
+async fn signal_arrives(signals: &mut SignalWatch) -> Sig {
+    loop {
+        if let Some(sig) = *signals.borrow_and_update() {
+            return sig;
+        }
+        if signals.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

@@ -57,6 +57,9 @@ pub enum Event {
     /// The local side left while offline (a port-forward client that closed before its
     /// tunnel was up): stop at once, nothing more to dial for.
     LocalGone,
+    /// The session could not write what it received (stdout failed with an error other
+    /// than a broken pipe): the output is lost, the session ends.
+    OutputFailed(String),
 }
 
 /// What the driver must do on the machine's behalf.
@@ -146,6 +149,22 @@ pub enum Outcome {
     Signal(Sig),
     /// Ctrl+C while offline.
     Interrupted,
+    /// What the server sent could not all be written out (exit 74, EX_IOERR).
+    OutputLost(OutputLoss),
+}
+
+/// Why output was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputLoss {
+    /// Writing failed with this error (never a broken pipe: a reader that went away
+    /// chose to stop reading, and that ends the session quietly).
+    WriteFailed(String),
+    /// The session's output was still not written when the drain timeout passed.
+    DrainTimeout {
+        /// Bytes received and not written.
+        unwritten: u64,
+        timeout: std::time::Duration,
+    },
 }
 
 impl Outcome {
@@ -156,6 +175,7 @@ impl Outcome {
             Outcome::RetriesExhausted { .. } => 75,
             Outcome::Signal(Sig::Interrupt) | Outcome::Interrupted => 130,
             Outcome::Signal(Sig::Terminate) => 143,
+            Outcome::OutputLost(_) => 74,
         }
     }
 }
@@ -177,6 +197,9 @@ pub enum Notice {
     },
     /// Connected again after at least one failure.
     Reconnected,
+    /// The server ended the session normally (a close it started, not the answer to
+    /// ours): said once, so that a normal end is not silent.
+    ServerClosed { code: u16, reason: String },
 }
 
 /// What the machine knows about the credentials, refreshed by the driver before each
@@ -287,6 +310,9 @@ impl Core {
                 class: self.config.rules.classify(failure),
                 failure: failure.clone(),
             })),
+            Event::OutputFailed(error) => Transition(State::terminated(Outcome::OutputLost(
+                OutputLoss::WriteFailed(error.clone()),
+            ))),
             // Stray events (a frame from a connection already given up on, a timer
             // that raced its cancellation) are ignored.
             _ => Handled,
@@ -501,6 +527,13 @@ impl Core {
                 }
                 Super
             }
+            Event::OutputFailed(_) => {
+                // Nobody can see what the server sends any more: tell it we are going.
+                if !*close_sent {
+                    context.push(Effect::Close(CLOSE_GOING_AWAY, "output lost".into()));
+                }
+                Super
+            }
             _ => Super,
         }
     }
@@ -618,7 +651,12 @@ impl Core {
         context.reason = Some(failure.label());
         let class = self.config.rules.classify(&failure);
         match class {
-            Class::Done => State::terminated(Outcome::Done),
+            Class::Done => {
+                if let Failure::Close { code, reason } = failure {
+                    context.push(Effect::Notify(Notice::ServerClosed { code, reason }));
+                }
+                State::terminated(Outcome::Done)
+            }
             Class::Transient => self.retry_later(context, failure, guards, Resume::Dial),
             Class::Auth if context.creds.refreshable && !guards.refreshed_in_streak => {
                 guards.refreshed_in_streak = true;
@@ -732,6 +770,7 @@ fn event_name(event: &Event) -> &'static str {
         Event::LocalEof => "local_eof",
         Event::InputRejected(_) => "input_rejected",
         Event::LocalGone => "local_gone",
+        Event::OutputFailed(_) => "output_failed",
     }
 }
 
@@ -1333,6 +1372,56 @@ mod tests {
         m.handle(Event::Timer(TimerKind::Linger));
         let fx = m.handle(Event::Timer(TimerKind::CloseGrace));
         assert_eq!(exit_of(&fx), Some(&Outcome::Done));
+    }
+
+    #[test]
+    fn output_failure_closes_1001_and_exits_74() {
+        let lost = Outcome::OutputLost(OutputLoss::WriteFailed("disk full".into()));
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::OutputFailed("disk full".into()));
+        assert_eq!(
+            fx.first(),
+            Some(&Effect::Close(CLOSE_GOING_AWAY, "output lost".into()))
+        );
+        assert_eq!(exit_of(&fx), Some(&lost));
+        assert_eq!(lost.exit_code(), 74);
+        // Offline, or while closing: no close frame to send, the same outcome.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialFailed(refused()));
+        let fx = m.handle(Event::OutputFailed("disk full".into()));
+        assert_eq!(fx.last(), Some(&Effect::Exit(lost.clone())));
+        // (Our close already sent: `--linger 0` sends it at stdin EOF.)
+        let mut m = machine(MachineConfig {
+            linger: Duration::ZERO,
+            ..MachineConfig::default()
+        });
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        let fx = m.handle(Event::OutputFailed("disk full".into()));
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))), "{fx:?}");
+        assert_eq!(exit_of(&fx), Some(&lost));
+    }
+
+    #[test]
+    fn a_normal_close_by_the_server_is_said_but_not_the_answer_to_ours() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        let fx = m.handle(Event::Closed(close(1000, "bye")));
+        assert!(fx.contains(&Effect::Notify(Notice::ServerClosed {
+            code: 1000,
+            reason: "bye".into()
+        })));
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::LocalEof);
+        let fx = m.handle(Event::Closed(close(1000, "")));
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Notify(_))), "{fx:?}");
     }
 
     #[test]

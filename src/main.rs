@@ -3,11 +3,13 @@
 
 use clap::Parser;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use wsup::cli::{Cli, Command, CommonArgs, LogFormat, ServeArgs};
 use wsup::driver::{process_signals, NoticeSink};
-use wsup::machine::{Outcome, Sig};
+use wsup::machine::{Outcome, OutputLoss, Sig};
 use wsup::report::{self, CredentialKind};
 use wsup::session::connect::ConnectSession;
 use wsup::session::forward::Forwarder;
@@ -17,12 +19,15 @@ use wsup::{Session, Supervisor};
 
 const EXIT_USAGE: u8 = 2;
 const EXIT_INTERNAL: u8 = 1;
+/// `wsup shell`'s default `--drain-timeout`.
+const SHELL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => exit_on_parse_error(e),
     };
+    JSON_STDERR.store(cli.common.log_format == LogFormat::Json, Ordering::Relaxed);
     init_logging(&cli.common, matches!(cli.command, Command::Demo));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // wsup is I/O-bound: with one worker, the driver and its session hand frames over on
@@ -34,7 +39,11 @@ fn main() {
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("wsup: cannot start the async runtime: {e}");
+            eprint_message(
+                "wsup",
+                "error",
+                &format!("cannot start the async runtime: {e}"),
+            );
             std::process::exit(EXIT_INTERNAL.into());
         }
     };
@@ -55,7 +64,12 @@ fn main() {
         // SAFETY: `_exit` ends the process at once; nothing runs after it.
         unsafe { libc::_exit(code.into()) }
     }
-    let _ = std::io::stdout().flush();
+    // Not after lost output: a write still blocked on a reader that never reads (past
+    // --drain-timeout) holds stdout's lock, and a flush would wait for it forever.
+    // (std's own flush at exit only tries the lock.)
+    if code != Outcome::OutputLost(OutputLoss::WriteFailed(String::new())).exit_code() {
+        let _ = std::io::stdout().flush();
+    }
     // Exit while the runtime is still alive: dropping it would wait for the blocking
     // thread that may be sitting in a stdin read forever.
     std::process::exit(code.into());
@@ -87,7 +101,14 @@ fn exit_on_parse_error(e: clap::Error) -> ! {
         joined => joined,
     };
     let line = line.strip_prefix("error: ").unwrap_or(&line);
-    eprintln!("wsup: {line} (see wsup --help)");
+    // The flags did not parse, so `--log-format json` is looked for by hand.
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|a| a == "--log-format=json")
+        || args
+            .windows(2)
+            .any(|pair| pair[0] == "--log-format" && pair[1] == "json");
+    JSON_STDERR.store(json, Ordering::Relaxed);
+    eprint_message("wsup", "error", &format!("{line} (see wsup --help)"));
     std::process::exit(EXIT_USAGE.into());
 }
 
@@ -109,20 +130,24 @@ async fn run(cli: Cli) -> u8 {
             // In raw mode "\n" does not return the carriage: notices end with "\r\n".
             let notices: NoticeSink = Arc::new(move |notice| {
                 if !quiet {
-                    let line = format!("wsup: {}", report::notice_line(notice));
+                    let line = stderr_line("wsup", "info", report::notice_fields(notice));
                     let _ = std::io::stderr().write_all(shell::terminal_line(&line).as_bytes());
                 }
             });
-            let outcome = match supervise(&common, &url, notices, ShellSession::stdio).await {
+            // A terminal reads as fast as it can: an unread shell output is a stuck
+            // terminal, not a slow consumer worth waiting for.
+            let drain = common.drain_timeout.or(Some(SHELL_DRAIN_TIMEOUT));
+            let session = ShellSession::stdio;
+            let outcome = match supervise_draining(&common, &url, notices, session, drain).await {
                 Ok(outcome) => outcome,
                 Err(code) => return code,
             };
             // The session leaves raw mode when it ends; this covers a session that did not
             // end within the supervisor's exit budget. Either way, before the exit.
             shell::restore_terminal();
-            if let Some(line) = report::outcome_line(&outcome, &credential_kind(&common)) {
-                let line = shell::terminal_line(&format!("wsup: {line}"));
-                let _ = std::io::stderr().write_all(line.as_bytes());
+            if let Some(fields) = report::outcome_fields(&outcome, &credential_kind(&common)) {
+                let line = stderr_line("wsup", final_level(&outcome), fields);
+                let _ = std::io::stderr().write_all(shell::terminal_line(&line).as_bytes());
             }
             outcome.exit_code()
         }
@@ -130,7 +155,7 @@ async fn run(cli: Cli) -> u8 {
             let quiet = common.quiet;
             let warnings = Arc::new(move |warning: &str| {
                 if !quiet {
-                    eprint_line(&format!("wsup: warning: {warning}"));
+                    eprint_message("wsup", "warn", &format!("warning: {warning}"));
                 }
             });
             let session = || LogsSession::stdio(raw, warnings);
@@ -145,21 +170,23 @@ async fn run(cli: Cli) -> u8 {
             max_tunnels,
         } => port_forward(&common, &url, &listen, max_tunnels).await,
         Command::Serve(args) => serve(args).await,
-        Command::Demo => {
-            match wsup::demo::run(notice_printer(&common), process_signals()).await {
-                Ok(outcome) => {
-                    let code = finish(&outcome, &CredentialKind::Refreshable);
-                    if code == 0 {
-                        eprintln!("wsup demo: the session survived every fault and ended cleanly (exit 0)");
-                    }
-                    code
+        Command::Demo => match wsup::demo::run(notice_printer(&common), process_signals()).await {
+            Ok(outcome) => {
+                let code = finish(&outcome, &CredentialKind::Refreshable);
+                if code == 0 {
+                    eprint_message(
+                        "wsup demo",
+                        "info",
+                        "the session survived every fault and ended cleanly (exit 0)",
+                    );
                 }
-                Err(e) => {
-                    eprintln!("wsup demo: {e}");
-                    EXIT_INTERNAL
-                }
+                code
             }
-        }
+            Err(e) => {
+                eprint_message("wsup demo", "error", &e.to_string());
+                EXIT_INTERNAL
+            }
+        },
     }
 }
 
@@ -172,17 +199,30 @@ async fn supervise<S: Session>(
     notices: NoticeSink,
     session: impl FnOnce() -> S,
 ) -> Result<Outcome, u8> {
+    supervise_draining(common, url, notices, session, common.drain_timeout).await
+}
+
+/// [`supervise`], giving the session `drain_timeout` to write what it received once the
+/// session is over (`None`: as long as the reader needs).
+async fn supervise_draining<S: Session>(
+    common: &CommonArgs,
+    url: &str,
+    notices: NoticeSink,
+    session: impl FnOnce() -> S,
+    drain_timeout: Option<Duration>,
+) -> Result<Outcome, u8> {
     let prepared = common.prepare(url).map_err(usage_error)?;
     Ok(Supervisor::new(prepared.config)
         .credentials(prepared.credentials)
         .on_notice(notices)
         .signals(process_signals())
+        .drain_timeout(drain_timeout)
         .run(session())
         .await)
 }
 
 fn usage_error(e: impl std::fmt::Display) -> u8 {
-    eprintln!("wsup: {e}");
+    eprint_message("wsup", "error", &e.to_string());
     EXIT_USAGE
 }
 
@@ -207,15 +247,15 @@ fn notice_printer(common: &CommonArgs) -> NoticeSink {
     let quiet = common.quiet;
     Arc::new(move |notice| {
         if !quiet {
-            eprintln!("wsup: {}", report::notice_line(notice));
+            eprint_line(&stderr_line("wsup", "info", report::notice_fields(notice)));
         }
     })
 }
 
 /// Prints the final reason (kept even with -q) and returns the exit code.
 fn finish(outcome: &Outcome, kind: &CredentialKind) -> u8 {
-    if let Some(line) = report::outcome_line(outcome, kind) {
-        eprintln!("wsup: {line}");
+    if let Some(fields) = report::outcome_fields(outcome, kind) {
+        eprint_line(&stderr_line("wsup", final_level(outcome), fields));
     }
     outcome.exit_code()
 }
@@ -235,7 +275,7 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
     let listener = match tokio::net::TcpListener::bind(&listen).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("wsup: cannot listen on {listen}: {e}");
+            eprint_message("wsup", "error", &format!("cannot listen on {listen}: {e}"));
             return if e.kind() == std::io::ErrorKind::InvalidInput {
                 EXIT_USAGE
             } else {
@@ -249,8 +289,12 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
         Err(e) => return usage_error(e),
     };
     match forwarder.local_addr() {
-        Ok(addr) => eprint_line(&format!("wsup: forwarding {addr} -> {shown_url}")),
-        Err(_) => eprint_line(&format!("wsup: forwarding {listen} -> {shown_url}")),
+        Ok(addr) => eprint_message("wsup", "info", &format!("forwarding {addr} -> {shown_url}")),
+        Err(_) => eprint_message(
+            "wsup",
+            "info",
+            &format!("forwarding {listen} -> {shown_url}"),
+        ),
     }
     let quiet = common.quiet;
     let kind = credential_kind(common);
@@ -267,7 +311,12 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
         }))
         .on_notice(Arc::new(move |peer, notice| {
             if !quiet {
-                eprint_line(&format!("wsup: {peer}: {}", report::notice_line(notice)));
+                let mut fields = report::notice_fields(notice);
+                fields.insert("peer".into(), peer.to_string().into());
+                if let Some(serde_json::Value::String(message)) = fields.get_mut("message") {
+                    *message = format!("{peer}: {message}");
+                }
+                eprint_line(&stderr_line("wsup", "info", fields));
             }
         }))
         .on_tunnel_end(Arc::new(move |peer, outcome| {
@@ -275,8 +324,15 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
             if matches!(outcome, Outcome::Signal(_)) {
                 return;
             }
-            if let Some(line) = report::outcome_line(outcome, &kind) {
-                eprint_line(&format!("wsup: {peer}: tunnel closed: {line}"));
+            if let Some(mut fields) = report::outcome_fields(outcome, &kind) {
+                // A tunnel's end is not the process's: its exit code is not final.
+                fields.remove("final");
+                fields.remove("exit_code");
+                fields.insert("peer".into(), peer.to_string().into());
+                if let Some(serde_json::Value::String(message)) = fields.get_mut("message") {
+                    *message = format!("{peer}: tunnel closed: {message}");
+                }
+                eprint_line(&stderr_line("wsup", "warn", fields));
             }
         }))
         .run()
@@ -284,13 +340,63 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
     finish(&Outcome::Signal(sig), &CredentialKind::None)
 }
 
+/// `--log-format json`: every stderr line is one JSON object, notices included. Set
+/// once, right after the flags are parsed.
+static JSON_STDERR: AtomicBool = AtomicBool::new(false);
+
 /// One line on stderr in a single write, so that lines from concurrent tunnels never
-/// interleave and a reader never sees half a line.
+/// interleave and a reader never sees half a line. A failing stderr is ignored (never
+/// `eprintln!`, which panics): it must not change the exit status.
 fn eprint_line(line: &str) {
     let mut buffer = String::with_capacity(line.len() + 1);
     buffer.push_str(line);
     buffer.push('\n');
     let _ = std::io::stderr().write_all(buffer.as_bytes());
+}
+
+/// A plain diagnostic, "PREFIX: MESSAGE" or its JSON object.
+fn eprint_message(prefix: &str, level: &str, message: &str) {
+    let mut fields = serde_json::Map::new();
+    fields.insert("kind".into(), "notice".into());
+    fields.insert("message".into(), message.into());
+    eprint_line(&stderr_line(prefix, level, fields));
+}
+
+/// The text of one diagnostic line (no line end): "PREFIX: MESSAGE" as text, or, with
+/// `--log-format json`, one JSON object with the fields, a timestamp, the level and
+/// the target, as the log lines have.
+fn stderr_line(
+    prefix: &str,
+    level: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> String {
+    if !JSON_STDERR.load(Ordering::Relaxed) {
+        let message = fields
+            .get("message")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        return format!("{prefix}: {message}");
+    }
+    let mut object = serde_json::Map::new();
+    object.insert(
+        "timestamp".into(),
+        chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            .into(),
+    );
+    object.insert("level".into(), level.to_ascii_uppercase().into());
+    object.insert("target".into(), prefix.replace(' ', "::").into());
+    object.extend(fields);
+    serde_json::Value::Object(object).to_string()
+}
+
+/// The final line is an error unless the session ended well.
+fn final_level(outcome: &Outcome) -> &'static str {
+    if outcome.exit_code() == 0 {
+        "info"
+    } else {
+        "error"
+    }
 }
 
 /// The URL without a password or query string (either may carry a secret).
@@ -318,7 +424,11 @@ async fn serve(args: ServeArgs) -> u8 {
     let server = match wsup::serve::start(options).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("wsup serve: cannot listen on {}: {e}", args.listen);
+            eprint_message(
+                "wsup serve",
+                "error",
+                &format!("cannot listen on {}: {e}", args.listen),
+            );
             return if e.kind() == std::io::ErrorKind::InvalidInput {
                 EXIT_USAGE
             } else {
@@ -327,8 +437,9 @@ async fn serve(args: ServeArgs) -> u8 {
         }
     };
     // The URL on stdout lets a script that asked for port 0 find the server.
-    println!("{}", server.ws_url());
-    let _ = std::io::stdout().flush();
+    // Written, not `println!`: a reader that went away must not panic the server.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "{}", server.ws_url()).and_then(|()| stdout.flush());
     let sig = loop {
         if signals.changed().await.is_err() {
             break Sig::Terminate;

@@ -4,8 +4,9 @@
 //! final line says what the user can do. Server-supplied text is escaped (see
 //! [`crate::classify::escape_untrusted`]) by `Failure`'s `Display`.
 
+use crate::classify::escape_untrusted;
 use crate::classify::{Class, Failure};
-use crate::machine::{Notice, Outcome, RefreshReason, Sig};
+use crate::machine::{Notice, Outcome, OutputLoss, RefreshReason, Sig};
 use std::time::Duration;
 
 /// What kind of credentials the user gave, for advice on an auth failure.
@@ -53,6 +54,15 @@ pub fn notice_line(notice: &Notice) -> String {
             RefreshReason::Rejected => "token rejected: refreshing it, then redialing".into(),
         },
         Notice::Reconnected => "connected".into(),
+        Notice::ServerClosed { code, reason } if reason.is_empty() => {
+            format!("server closed the session ({code})")
+        }
+        Notice::ServerClosed { code, reason } => {
+            format!(
+                "server closed the session ({code} {})",
+                crate::classify::escape_untrusted(reason)
+            )
+        }
     }
 }
 
@@ -79,6 +89,15 @@ pub fn outcome_line(outcome: &Outcome, creds: &CredentialKind) -> Option<String>
             class.describe(),
             advice(*class, failure, creds)
         ),
+        Outcome::OutputLost(OutputLoss::WriteFailed(error)) => format!(
+            "cannot write the output: {}; what the server sent is incomplete",
+            escape_untrusted(error)
+        ),
+        Outcome::OutputLost(OutputLoss::DrainTimeout { unwritten, timeout }) => format!(
+            "{unwritten} {} received from the server not written: the output was not read within --drain-timeout {}",
+            if *unwritten == 1 { "byte" } else { "bytes" },
+            humantime::format_duration(*timeout)
+        ),
     })
 }
 
@@ -97,6 +116,77 @@ fn is_policy_not_credentials(failure: &Failure, creds: &CredentialKind) -> bool 
     !["token", "auth", "login", "log in", "expir", "credential"]
         .iter()
         .any(|word| reason.contains(word))
+}
+/// A notice as the fields of one JSON log line (`--log-format json`): `kind` "notice",
+/// the human `message`, and, where there is one, the `class`, the server's close `code`
+/// and its `reason` (escaped as in text).
+pub fn notice_fields(notice: &Notice) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = base_fields(notice_line(notice));
+    let (class, failure) = match notice {
+        Notice::Retrying { failure, .. } => (Some(Class::Transient), Some(failure)),
+        Notice::Refreshing { failure, .. } => (Some(Class::Auth), failure.as_ref()),
+        Notice::Reconnected => (None, None),
+        Notice::ServerClosed { code, reason } => {
+            fields.insert("class".into(), Class::Done.describe().into());
+            fields.insert("code".into(), (*code).into());
+            fields.insert("reason".into(), escape_untrusted(reason).into());
+            return fields;
+        }
+    };
+    if let Some(class) = class {
+        fields.insert("class".into(), class.describe().into());
+    }
+    if let Some(failure) = failure {
+        add_failure(&mut fields, failure);
+    }
+    fields
+}
+
+/// The final line as JSON fields (see [`notice_fields`]), with the `exit_code`; `None`
+/// when the session simply finished, as for [`outcome_line`].
+pub fn outcome_fields(
+    outcome: &Outcome,
+    creds: &CredentialKind,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let mut fields = base_fields(outcome_line(outcome, creds)?);
+    let class = match outcome {
+        Outcome::Done => Some(Class::Done),
+        Outcome::Stopped { class, failure } => {
+            add_failure(&mut fields, failure);
+            Some(*class)
+        }
+        Outcome::RetriesExhausted { failure, .. } => {
+            add_failure(&mut fields, failure);
+            Some(Class::Transient)
+        }
+        Outcome::Signal(_) | Outcome::Interrupted | Outcome::OutputLost(_) => None,
+    };
+    match class {
+        Some(class) => fields.insert("class".into(), class.describe().into()),
+        None if matches!(outcome, Outcome::OutputLost(_)) => {
+            fields.insert("class".into(), "output lost".into())
+        }
+        None => fields.insert("class".into(), "interrupted".into()),
+    };
+    fields.insert("final".into(), true.into());
+    fields.insert("exit_code".into(), outcome.exit_code().into());
+    Some(fields)
+}
+
+fn base_fields(message: String) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = serde_json::Map::new();
+    fields.insert("kind".into(), "notice".into());
+    fields.insert("message".into(), message.into());
+    fields
+}
+
+fn add_failure(fields: &mut serde_json::Map<String, serde_json::Value>, failure: &Failure) {
+    if let Failure::Close { code, .. } = failure {
+        fields.insert("code".into(), (*code).into());
+    }
+    if let Some(reason) = failure.server_reason() {
+        fields.insert("reason".into(), escape_untrusted(reason).into());
+    }
 }
 
 fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
@@ -295,6 +385,47 @@ mod tests {
         );
         assert!(line.starts_with("server closed 1008 (message too frequent)"));
         assert!(line.contains("$API_TOKEN"), "{line}");
+    }
+
+    #[test]
+    fn a_normal_close_is_said_with_its_reason_escaped() {
+        let notice = Notice::ServerClosed {
+            code: 1000,
+            reason: "bye\u{1b}[2J".into(),
+        };
+        assert_eq!(
+            notice_line(&notice),
+            "server closed the session (1000 bye\\u{1b}[2J)"
+        );
+        let fields = notice_fields(&notice);
+        assert_eq!(fields["kind"], "notice");
+        assert_eq!(fields["class"], "done");
+        assert_eq!(fields["code"], 1000);
+        assert_eq!(fields["reason"], "bye\\u{1b}[2J");
+        let silent = Notice::ServerClosed {
+            code: 1000,
+            reason: String::new(),
+        };
+        assert_eq!(notice_line(&silent), "server closed the session (1000)");
+    }
+
+    #[test]
+    fn the_final_json_line_carries_the_exit_code() {
+        let fields = outcome_fields(
+            &Outcome::OutputLost(OutputLoss::DrainTimeout {
+                unwritten: 1,
+                timeout: Duration::from_millis(200),
+            }),
+            &CredentialKind::None,
+        )
+        .unwrap();
+        assert_eq!(fields["exit_code"], 74);
+        assert_eq!(fields["final"], true);
+        assert_eq!(
+            fields["message"],
+            "1 byte received from the server not written: the output was not read within --drain-timeout 200ms"
+        );
+        assert!(outcome_fields(&Outcome::Done, &CredentialKind::None).is_none());
     }
 
     #[test]

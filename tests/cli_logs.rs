@@ -176,7 +176,12 @@ async fn serve_raw_prints_the_json_frames() {
         second["created_at"].as_u64().unwrap(),
         first["created_at"].as_u64().unwrap() + 1
     );
-    assert_eq!(done.stderr, "", "{}", done.dump());
+    assert_eq!(
+        done.stderr,
+        "wsup: server closed the session (1000)\n",
+        "only the normal close is said\n{}",
+        done.dump()
+    );
     stop_serve(serve).await;
 }
 
@@ -282,4 +287,30 @@ async fn independent_retries_run_out_with_75_and_nothing_is_lost_before() {
         .await;
     done.assert_code(75).assert_stdout(&rendered_utc(1));
     assert_eq!(server.upgrades(), 3, "1 attempt + 2 retries");
+}
+
+#[tokio::test]
+async fn independent_control_characters_are_escaped_unless_raw() {
+    // A hostile server: a CR that would overwrite the line, an LF that would forge a
+    // second log line, ESC sequences that clear the screen and retitle the terminal.
+    let hostile = serde_json::json!({
+        "created_at": EPOCH_MS + 1,
+        "message": "ok\r\u{1b}[2J\n2023-11-14T22:13:20.999+00:00 | api-7 | forged",
+        "pod_name": "api-7\u{1b}]0;pwned\u{7}",
+    })
+    .to_string();
+    let frames = vec![hostile.clone(), "plain\u{1b}[31m\nsecond".to_owned()];
+    let server = LogServer::start(vec![conn(frames.clone(), Some(1000))]).await;
+    let done = logs(&server.url(), "UTC", &[]).finish().await;
+    done.assert_code(0).assert_stdout(concat!(
+        "2023-11-14T22:13:20.001+00:00 | api-7\\u{1b}]0;pwned\\u{7} | ",
+        "ok\\r\\u{1b}[2J\\n2023-11-14T22:13:20.999+00:00 | api-7 | forged\n",
+        "plain\\u{1b}[31m\\nsecond\n"
+    ));
+    assert!(!done.stdout.contains(&0x1b), "{}", done.dump());
+
+    let server = LogServer::start(vec![conn(frames, Some(1000))]).await;
+    let done = logs(&server.url(), "UTC", &["--raw"]).finish().await;
+    done.assert_code(0)
+        .assert_stdout(&format!("{hostile}\nplain\u{1b}[31m\nsecond\n"));
 }

@@ -1,6 +1,6 @@
 //! `wsup connect`: stdin lines out as text frames, messages in to stdout.
 
-use super::{Link, Outbound, Session};
+use super::{report_output_error, Link, Outbound, OutputError, Session};
 use crate::classify::Failure;
 use std::sync::Arc;
 use tokio::io::{
@@ -79,6 +79,7 @@ where
             mut inbound,
             outbound,
             input_failure,
+            control,
             ..
         } = link;
         let max_line = self.max_line;
@@ -90,18 +91,34 @@ where
             }
             drop(outbound);
         });
-        let mut output = BufWriter::new(self.output);
-        while let Some(message) = inbound.recv().await {
-            if write_message(&mut output, &message).await.is_err() {
-                break;
+        let mut output = BufWriter::new(inbound.counted(self.output));
+        let written: Result<(), OutputError> = async {
+            while let Some(message) = inbound.recv().await {
+                inbound.owe(output_len(&message));
+                write_message(&mut output, &message).await?;
+                // Flush when nothing else is waiting: one syscall per burst, not per message.
+                if inbound.is_empty() {
+                    output.flush().await?;
+                }
             }
-            // Flush when nothing else is waiting: one syscall per burst, not per message.
-            if inbound.is_empty() && output.flush().await.is_err() {
-                break;
-            }
+            Ok(output.flush().await?)
         }
-        let _ = output.flush().await;
+        .await;
+        // Reported before the input stops: the supervisor must hear "output failed"
+        // before it sees the end of input, or it would close 1000 as for a normal end.
+        if let Err(error) = written {
+            report_output_error(&control, error).await;
+        }
         reader.abort();
+    }
+}
+
+/// The bytes [`write_message`] writes for `message`.
+fn output_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len() + 1,
+        Message::Binary(bytes) => bytes.len(),
+        _ => 0,
     }
 }
 

@@ -4,9 +4,13 @@
 //! RFC 3339 with milliseconds; `--raw` prints the frame's JSON as received. A server
 //! that replays its history after a reconnect does not get lines printed twice: a line
 //! whose `created_at` and message were already printed is skipped. A frame that is not
-//! the expected JSON is printed as it is, with one warning (the first time only).
+//! the expected JSON is printed as one line, with one warning (the first time only).
+//! Rendered output escapes control characters from the server (ESC, CR, LF and the rest,
+//! as notices do with close reasons): a hostile server cannot forge lines or drive the
+//! terminal. `--raw` keeps the bytes as received.
 
-use super::{Link, Session};
+use super::{report_output_error, Link, OutputError, Session};
+use crate::classify::escape_untrusted;
 use chrono::{DateTime, Local, SecondsFormat, TimeZone};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashSet, VecDeque};
@@ -25,7 +29,7 @@ pub type WarningSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The warning given once, the first time a frame is not a JSON log line.
 pub const NOT_JSON_WARNING: &str =
-    "a frame is not a JSON log line {created_at, message, pod_name}: printing such frames as they are";
+    "a frame is not a JSON log line {created_at, message, pod_name}: printing such frames as they are (control characters escaped; --raw prints them untouched)";
 
 /// Prints log frames; see the module documentation.
 pub struct LogsSession<W> {
@@ -64,26 +68,32 @@ where
         let Link {
             mut inbound,
             outbound: _keep_open,
+            control,
             ..
         } = link;
         let mut printer = Printer::new(self.raw, Local);
-        let mut output = BufWriter::new(self.output);
+        let mut output = BufWriter::new(inbound.counted(self.output));
         let mut line = Vec::with_capacity(256);
-        while let Some(message) = inbound.recv().await {
-            line.clear();
-            if printer.render(&message, &mut line) == Rendered::NotJson && !printer.warned {
-                printer.warned = true;
-                (self.warnings)(NOT_JSON_WARNING);
+        let written: Result<(), OutputError> = async {
+            while let Some(message) = inbound.recv().await {
+                line.clear();
+                if printer.render(&message, &mut line) == Rendered::NotJson && !printer.warned {
+                    printer.warned = true;
+                    (self.warnings)(NOT_JSON_WARNING);
+                }
+                inbound.owe(line.len());
+                output.write_all(&line).await?;
+                // Flush when nothing else is waiting: one syscall per burst, not per line.
+                if inbound.is_empty() {
+                    output.flush().await?;
+                }
             }
-            if !line.is_empty() && output.write_all(&line).await.is_err() {
-                break;
-            }
-            // Flush when nothing else is waiting: one syscall per burst, not per line.
-            if inbound.is_empty() && output.flush().await.is_err() {
-                break;
-            }
+            Ok(output.flush().await?)
         }
-        let _ = output.flush().await;
+        .await;
+        if let Err(error) = written {
+            report_output_error(&control, error).await;
+        }
     }
 }
 
@@ -128,8 +138,15 @@ where
             _ => return Rendered::Ignored,
         };
         let Some(entry) = parse_entry(payload) else {
-            out.extend_from_slice(payload);
-            if !payload.ends_with(b"\n") {
+            if self.raw {
+                out.extend_from_slice(payload);
+                if !payload.ends_with(b"\n") {
+                    out.push(b'\n');
+                }
+            } else {
+                // Rendered output is one line per frame that cannot drive the terminal.
+                let text = String::from_utf8_lossy(trim_line_end(payload));
+                out.extend_from_slice(escape_untrusted(&text).as_bytes());
                 out.push(b'\n');
             }
             return Rendered::NotJson;
@@ -147,9 +164,13 @@ where
             };
             out.extend_from_slice(timestamp.as_bytes());
             out.extend_from_slice(b" | ");
-            out.extend_from_slice(entry.pod_name.as_bytes());
+            // The server's text is escaped: a CR, LF or ESC in it must not forge a line
+            // or drive the terminal (`--raw` keeps the bytes as received).
+            out.extend_from_slice(escape_untrusted(&entry.pod_name).as_bytes());
             out.extend_from_slice(b" | ");
-            out.extend_from_slice(trim_line_end(entry.message.as_bytes()));
+            let message = entry.message.strip_suffix('\n').unwrap_or(&entry.message);
+            let message = message.strip_suffix('\r').unwrap_or(message);
+            out.extend_from_slice(escape_untrusted(message).as_bytes());
         }
         out.push(b'\n');
         Rendered::Printed
@@ -319,7 +340,38 @@ mod tests {
         let mut out = Vec::new();
         let binary = Message::binary(&b"\xff\xfe bytes\n"[..]);
         assert_eq!(printer.render(&binary, &mut out), Rendered::NotJson);
+        assert_eq!(out, "\u{fffd}\u{fffd} bytes\n".as_bytes());
+        // --raw: the bytes as received.
+        let mut out = Vec::new();
+        assert_eq!(
+            utc_printer(true).render(&binary, &mut out),
+            Rendered::NotJson
+        );
         assert_eq!(out, b"\xff\xfe bytes\n");
+    }
+
+    #[test]
+    fn control_characters_from_the_server_are_escaped_unless_raw() {
+        let hostile = r#"{"created_at":1700000000123,"message":"ok\r\u001b[2Jforged\nline\n","pod_name":"api\u001b]0;pwned\u0007"}"#;
+        let mut printer = utc_printer(false);
+        assert_eq!(
+            render(&mut printer, hostile),
+            (
+                Rendered::Printed,
+                "2023-11-14T22:13:20.123+00:00 | api\\u{1b}]0;pwned\\u{7} | ok\\r\\u{1b}[2Jforged\\nline\n".into()
+            )
+        );
+        assert_eq!(
+            render(&mut utc_printer(false), "not json\u{1b}[31m\r\nsecond"),
+            (
+                Rendered::NotJson,
+                "not json\\u{1b}[31m\\r\\nsecond\n".into()
+            )
+        );
+        assert_eq!(
+            render(&mut utc_printer(true), hostile),
+            (Rendered::Printed, format!("{hostile}\n"))
+        );
     }
 
     #[test]

@@ -11,8 +11,11 @@ pub mod shell;
 
 use crate::classify::Failure;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -72,7 +75,7 @@ impl From<Message> for Outbound {
 }
 
 /// Out-of-band requests from the session to the supervisor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// The user pressed Ctrl+C: forwarded while connected, quits (130) while offline.
     Interrupt,
@@ -81,6 +84,38 @@ pub enum Control {
     /// stop at once instead of dialing or backing off. Ignored once connected, where
     /// dropping [`Link::outbound`] closes normally.
     LocalGone,
+    /// Writing the output failed with this error: the session ends with exit 74, the
+    /// server gets close 1001. Not for a broken pipe (see [`OutputError`]).
+    OutputFailed(String),
+}
+
+/// How a session's output write failed, as the supervisor should see it.
+#[derive(Debug)]
+pub enum OutputError {
+    /// The reader went away (`wsup logs URL | head -1`): it chose to stop reading, so
+    /// the session ends quietly, as a local end of input would.
+    ReaderGone,
+    /// Anything else (a full disk, an I/O error): the output is lost.
+    Failed(std::io::Error),
+}
+
+impl From<std::io::Error> for OutputError {
+    fn from(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            OutputError::ReaderGone
+        } else {
+            OutputError::Failed(error)
+        }
+    }
+}
+
+/// Tells the supervisor why the output stopped, if it must know: a failed write ends
+/// the session with exit 74, a reader that went away needs nothing (the session ending
+/// is enough). Call it before the session returns.
+pub async fn report_output_error(control: &mpsc::Sender<Control>, error: OutputError) {
+    if let OutputError::Failed(error) = error {
+        let _ = control.send(Control::OutputFailed(error.to_string())).await;
+    }
 }
 
 /// Query parameters added to the URL on every dial (the shell's terminal size).
@@ -139,6 +174,55 @@ impl Inbound {
     pub fn is_empty(&self) -> bool {
         self.receiver.is_empty()
     }
+
+    /// The session took on `bytes` of output (what it is about to write for a message
+    /// it received). Written bytes are counted by the writer from [`Inbound::counted`];
+    /// what is still owed when the drain timeout passes is reported as lost.
+    pub fn owe(&self, bytes: usize) {
+        self.budget.owed.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// `output`, counting every byte it accepts against what [`Inbound::owe`] added.
+    /// Put it under any buffering, so that only bytes that really left count.
+    pub fn counted<W>(&self, output: W) -> CountedOutput<W> {
+        CountedOutput {
+            inner: output,
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+/// A writer that counts the bytes it accepted as paid off (see [`Inbound::counted`]).
+#[derive(Debug)]
+pub struct CountedOutput<W> {
+    inner: W,
+    budget: Arc<InboundBudget>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for CountedOutput<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        // Saturating: bytes a session wrote without owing them first are not "lost".
+        let _ = self
+            .budget
+            .owed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                Some(owed.saturating_sub(written))
+            });
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Payload bytes delivered to the session and not yet taken, shared by the driver
@@ -147,11 +231,21 @@ impl Inbound {
 pub(crate) struct InboundBudget {
     waiting: AtomicUsize,
     room: Notify,
+    /// Output the session took on and has not written yet (see [`Inbound::owe`]).
+    owed: AtomicUsize,
 }
 
 impl InboundBudget {
     pub(crate) fn has_room(&self) -> bool {
         self.waiting.load(Ordering::Acquire) < INBOUND_BYTES
+    }
+
+    /// Bytes received and not yet written out: waiting in the link, plus what the
+    /// session took and still owes its output.
+    pub(crate) fn unwritten(&self) -> usize {
+        self.waiting
+            .load(Ordering::Acquire)
+            .saturating_add(self.owed.load(Ordering::Acquire))
     }
 
     /// Hands `message` to the session, counted before it can be taken: every delivery

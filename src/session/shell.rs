@@ -17,7 +17,7 @@
 //!   meanwhile go through [`terminal_line`] (notices) or [`TerminalStderr`] (logs), which
 //!   end lines with `"\r\n"` and start them at the beginning of a line.
 
-use super::{Control, Link, Outbound, Session};
+use super::{report_output_error, Control, Link, Outbound, OutputError, Session};
 use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -233,6 +233,7 @@ where
             dial_query,
             ..
         } = link;
+        let output_control = control.clone();
         let mut reader = AbortOnDrop(tokio::spawn(send_input(
             self.input,
             outbound.clone(),
@@ -242,7 +243,8 @@ where
         // "nothing more to send").
         let mut outbound = Some(outbound);
         let mut pending_resize: Option<(u16, u16)> = None;
-        let mut output = BufWriter::new(self.output);
+        let mut output = BufWriter::new(inbound.counted(self.output));
+        let mut failed: Option<OutputError> = None;
         loop {
             tokio::select! {
                 message = inbound.recv() => {
@@ -252,15 +254,20 @@ where
                         Message::Text(text) => text.as_bytes(),
                         _ => continue,
                     };
-                    if output.write_all(bytes).await.is_err() {
+                    inbound.owe(bytes.len());
+                    if let Err(error) = output.write_all(bytes).await {
+                        failed = Some(error.into());
                         break;
                     }
                     if self.tracks_terminal {
                         note_output(bytes);
                     }
                     // Flush when nothing else is waiting: one syscall per burst.
-                    if inbound.is_empty() && output.flush().await.is_err() {
-                        break;
+                    if inbound.is_empty() {
+                        if let Err(error) = output.flush().await {
+                            failed = Some(error.into());
+                            break;
+                        }
                     }
                 }
                 size = self.resizes.next() => {
@@ -286,7 +293,14 @@ where
                 }
             }
         }
-        let _ = output.flush().await;
+        if failed.is_none() {
+            if let Err(error) = output.flush().await {
+                failed = Some(error.into());
+            }
+        }
+        if let Some(error) = failed {
+            report_output_error(&output_control, error).await;
+        }
     }
 }
 
