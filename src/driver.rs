@@ -625,8 +625,13 @@ impl<D: Dialer> Driver<D> {
             // for, nor is anyone after a signal.
             let server_dead = matches!(
                 &outcome,
-                Outcome::RetriesExhausted { failure: Failure::Liveness, .. }
-                    | Outcome::Stopped { failure: Failure::Liveness, .. }
+                Outcome::RetriesExhausted {
+                    failure: Failure::Liveness,
+                    ..
+                } | Outcome::Stopped {
+                    failure: Failure::Liveness,
+                    ..
+                }
             );
             if !hurry && !server_dead {
                 let _ = tokio::time::timeout(CLOSE_ANSWER_WAIT, async {
