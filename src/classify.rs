@@ -46,15 +46,29 @@ pub enum Failure {
     InputRejected(String),
 }
 
-/// Which part of the network failed; all of them are transient.
+/// Which part of the network failed. All of them are transient except the last three: a
+/// host name that does not exist (until a connection of the session has succeeded) and a
+/// URL scheme that does not match what the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkKind {
     Refused,
     Reset,
     Eof,
+    /// The resolver failed or could not be reached (EAI_AGAIN, EAI_FAIL, …): may heal.
     Dns,
     ConnectTimeout,
     Other,
+    /// The resolver answered that the name does not exist (NXDOMAIN: EAI_NONAME,
+    /// EAI_NODATA). `detail` is the host name. Permanent before any connection of the
+    /// session has succeeded (a typo in the URL), transient after (a name that resolved
+    /// once is more likely a DNS hiccup than a typo).
+    HostNotFound,
+    /// A `wss://` URL, and the server answered the TLS handshake with something that is not
+    /// TLS (plain HTTP, typically): the URL should say `ws://`.
+    PlainServer,
+    /// A `ws://` URL, and the server answered the HTTP upgrade with something that is not
+    /// HTTP (a TLS alert, typically): the URL should say `wss://`.
+    TlsServer,
 }
 
 /// What kind of failure it is, which decides what happens next.
@@ -110,13 +124,29 @@ pub struct ClassifyRules {
 }
 
 impl ClassifyRules {
+    /// The class of `failure` in a session where no connection has succeeded yet; see
+    /// [`ClassifyRules::classify_in_session`].
     pub fn classify(&self, failure: &Failure) -> Class {
+        self.classify_in_session(failure, false)
+    }
+
+    /// The class of `failure`, knowing whether a connection of this session has succeeded
+    /// before (`has_connected`): a host name that is not found is permanent only before.
+    pub fn classify_in_session(&self, failure: &Failure, has_connected: bool) -> Class {
         match failure {
             Failure::Close { code, reason } => self.classify_close(*code, reason),
             // No server reason: a violation is never read as a permission denial.
             Failure::Violation { code, .. } => self.classify_close(*code, ""),
             Failure::Http { status, .. } => classify_http(*status),
             Failure::Tls(_) => Class::Permanent,
+            Failure::Network {
+                kind: NetworkKind::HostNotFound,
+                ..
+            } if !has_connected => Class::Permanent,
+            Failure::Network {
+                kind: NetworkKind::PlainServer | NetworkKind::TlsServer,
+                ..
+            } => Class::Permanent,
             Failure::Network { .. } | Failure::Liveness => Class::Transient,
             Failure::Refresh { status, .. } => classify_token_endpoint(*status),
             Failure::Internal(_) => Class::Internal,
@@ -273,6 +303,23 @@ impl fmt::Display for Failure {
                     .unwrap_or("")
             ),
             Failure::Tls(detail) => write!(f, "TLS failed: {}", escape_untrusted(detail)),
+            Failure::Network {
+                kind: NetworkKind::HostNotFound,
+                detail,
+            } => write!(
+                f,
+                "host not found: {} \u{2014} check the URL",
+                escape_untrusted(detail)
+            ),
+            // The advice is the message: what the server answered is in the debug log.
+            Failure::Network {
+                kind: NetworkKind::PlainServer,
+                ..
+            } => f.write_str("the server speaks plain HTTP here: use ws://"),
+            Failure::Network {
+                kind: NetworkKind::TlsServer,
+                ..
+            } => f.write_str("the server speaks TLS here: use wss://"),
             Failure::Network { kind, detail } => {
                 let what = match kind {
                     NetworkKind::Refused => "connection refused",
@@ -281,6 +328,9 @@ impl fmt::Display for Failure {
                     NetworkKind::Dns => "name resolution failed",
                     NetworkKind::ConnectTimeout => "connect timed out",
                     NetworkKind::Other => "network error",
+                    NetworkKind::HostNotFound => "host not found",
+                    NetworkKind::PlainServer => "the server speaks plain HTTP",
+                    NetworkKind::TlsServer => "the server speaks TLS",
                 };
                 if detail.is_empty() {
                     f.write_str(what)
@@ -554,6 +604,59 @@ mod tests {
     fn tls_errors_are_permanent() {
         let f = Failure::Tls("invalid peer certificate: UnknownIssuer".into());
         assert_eq!(ClassifyRules::default().classify(&f), Class::Permanent);
+    }
+
+    #[test]
+    fn host_not_found_is_permanent_only_before_a_connection_succeeded() {
+        let rules = ClassifyRules::default();
+        let not_found = Failure::Network {
+            kind: NetworkKind::HostNotFound,
+            detail: "no-such-host.invalid".into(),
+        };
+        assert_eq!(rules.classify(&not_found), Class::Permanent);
+        assert_eq!(
+            rules.classify_in_session(&not_found, false),
+            Class::Permanent
+        );
+        assert_eq!(
+            rules.classify_in_session(&not_found, true),
+            Class::Transient
+        );
+        assert_eq!(
+            not_found.to_string(),
+            "host not found: no-such-host.invalid \u{2014} check the URL"
+        );
+        // The resolver itself failing (EAI_AGAIN) stays transient either way.
+        let unreachable = Failure::Network {
+            kind: NetworkKind::Dns,
+            detail: String::new(),
+        };
+        for has_connected in [false, true] {
+            assert_eq!(
+                rules.classify_in_session(&unreachable, has_connected),
+                Class::Transient
+            );
+        }
+    }
+
+    #[test]
+    fn scheme_mix_ups_are_permanent_and_name_the_scheme() {
+        for (kind, words) in [
+            (NetworkKind::PlainServer, "plain HTTP here: use ws://"),
+            (NetworkKind::TlsServer, "TLS here: use wss://"),
+        ] {
+            let f = Failure::Network {
+                kind,
+                detail: "received corrupt message".into(),
+            };
+            for has_connected in [false, true] {
+                assert_eq!(
+                    ClassifyRules::default().classify_in_session(&f, has_connected),
+                    Class::Permanent
+                );
+            }
+            assert!(f.to_string().contains(words), "{f}");
+        }
     }
 
     #[test]

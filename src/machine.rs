@@ -263,6 +263,9 @@ pub const CTRL_C: u8 = 0x03;
 pub struct Core {
     config: MachineConfig,
     backoff: Backoff,
+    /// A connection of this session has succeeded: from then on a host name that is not
+    /// found is a DNS hiccup (transient), not a typo in the URL (permanent).
+    has_connected: bool,
 }
 
 /// Per-dispatch context: what goes in (credential state, which event) and what comes
@@ -338,6 +341,7 @@ impl Core {
     ) -> Response<State> {
         match event {
             Event::DialSucceeded => {
+                self.has_connected = true;
                 if *attempt > 0 || guards.refreshed_in_streak {
                     context.push(Effect::Notify(Notice::Reconnected));
                 }
@@ -649,7 +653,10 @@ impl Core {
     /// The heart of the policy: what a failure leads to.
     fn after_failure(&mut self, context: &mut Step, failure: Failure, mut guards: Guards) -> State {
         context.reason = Some(failure.label());
-        let class = self.config.rules.classify(&failure);
+        let class = self
+            .config
+            .rules
+            .classify_in_session(&failure, self.has_connected);
         match class {
             Class::Done => {
                 if let Failure::Close { code, reason } = failure {
@@ -797,9 +804,13 @@ impl fmt::Debug for Machine {
 impl Machine {
     pub fn new(config: MachineConfig, backoff: Backoff) -> Self {
         let mut step = Step::default();
-        let inner = Core { config, backoff }
-            .uninitialized_state_machine()
-            .init_with_context(&mut step);
+        let inner = Core {
+            config,
+            backoff,
+            has_connected: false,
+        }
+        .uninitialized_state_machine()
+        .init_with_context(&mut step);
         Machine { inner, step }
     }
 
@@ -1533,5 +1544,27 @@ mod tests {
         m.handle(Event::DialSucceeded);
         assert!(m.handle(Event::LocalGone).is_empty());
         assert!(m.is_connected());
+    }
+
+    #[test]
+    fn host_not_found_stops_before_a_connection_and_is_retried_after_one() {
+        let not_found = Failure::Network {
+            kind: NetworkKind::HostNotFound,
+            detail: "no-such-host.invalid".into(),
+        };
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        let fx = m.handle(Event::DialFailed(not_found.clone()));
+        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(69), "{fx:?}");
+
+        // Once a connection has succeeded, the same failure of a redial backs off.
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        m.handle(Event::Closed(close(1012, "")));
+        m.handle(Event::Timer(TimerKind::Backoff));
+        let fx = m.handle(Event::DialFailed(not_found));
+        assert_eq!(exit_of(&fx), None, "{fx:?}");
+        assert_eq!(state_name(m.state()), "Backoff");
     }
 }

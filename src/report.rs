@@ -252,6 +252,9 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
         (Class::Permanent, Failure::Close { code, .. }) if (4000..=4999).contains(code) => {
             format!("application close code; pass --retry-close-codes {code} if it is worth retrying")
         }
+        // A permanent network failure (host not found, ws:// vs wss://) already says
+        // what to change in the URL.
+        (Class::Permanent, Failure::Network { .. }) => "retrying will not help".into(),
         (Class::Permanent, _) => "retrying will not help: check the URL and the server".into(),
         (Class::Transient, _) => {
             "the connection ended and this session does not redial once data has flowed".into()

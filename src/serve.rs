@@ -1282,6 +1282,9 @@ async fn read_request_head(stream: &mut TcpStream) -> Result<Option<RequestHead>
             let head_len = searched + offset + 4;
             return parse_request_head(bytes_read, head_len).map(Some);
         }
+        if !could_start_http_request(&bytes_read) {
+            return Err(HeadError::Malformed("not an HTTP request"));
+        }
         searched = bytes_read.len().saturating_sub(3);
         if bytes_read.len() >= MAX_HEAD_LEN {
             return Err(HeadError::TooLarge);
@@ -1300,6 +1303,20 @@ async fn read_request_head(stream: &mut TcpStream) -> Result<Option<RequestHead>
             };
         }
     }
+}
+
+/// Whether the bytes read so far can be the start of an HTTP/1 request: a method token,
+/// then printable ASCII up to the end of the request line. A TLS ClientHello (a `wss://`
+/// client on this plain port) starts with 0x16 and fails at the first byte, so it gets its
+/// 400 at once instead of waiting [`REQUEST_READ_TIMEOUT`] for a head that never comes;
+/// the client's TLS stack then sees plain HTTP and can say so.
+fn could_start_http_request(bytes: &[u8]) -> bool {
+    let line = bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+    let method_len = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    let is_token_char = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    line[..method_len].iter().all(is_token_char)
+        && (bytes.is_empty() || method_len > 0)
+        && line.iter().all(|b| (b' '..=b'~').contains(b))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -1660,5 +1677,36 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(parsed.bearer_token(), None);
+    }
+
+    #[test]
+    fn only_what_can_start_an_http_request_waits_for_more() {
+        for start in [
+            &b""[..],
+            b"G",
+            b"GET",
+            b"GET /shell HTTP/1.1",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            b"POST /oauth/token HTTP/1.1\r\n",
+        ] {
+            assert!(
+                could_start_http_request(start),
+                "{:?}",
+                String::from_utf8_lossy(start)
+            );
+        }
+        for start in [
+            &[0x16, 0x03, 0x01, 0x00, 0xf4][..],
+            &[0x15, 0x03, 0x03, 0x00, 0x02],
+            b" GET / HTTP/1.1",
+            b"GE\x00T",
+            b"GET /\x1b[2J HTTP/1.1",
+        ] {
+            assert!(
+                !could_start_http_request(start),
+                "{:?}",
+                String::from_utf8_lossy(start)
+            );
+        }
     }
 }

@@ -34,6 +34,7 @@ use url::{Host, Url};
 use crate::classify::{escape_untrusted, parse_retry_after, Failure, NetworkKind};
 
 mod observe;
+mod resolve;
 pub use observe::{CloseObserver, WireClose};
 
 /// The byte stream under an established websocket: TCP, or TLS over TCP, seen through a
@@ -484,20 +485,66 @@ impl Transport {
             let tls = tokio_rustls::TlsConnector::from(self.inner.tls.clone())
                 .connect(name, stream)
                 .await
-                .map_err(|err| io_failure(&err))?;
+                .map_err(|err| tls_handshake_failure(&err))?;
             MaybeTlsStream::Rustls(tls)
         } else {
             MaybeTlsStream::Plain(stream)
         };
+        let plain = matches!(stream, MaybeTlsStream::Plain(_));
         let (ws, _response) = tokio_tungstenite::client_async_with_config(
             request,
             CloseObserver::new(stream),
             Some(self.inner.ws_config),
         )
         .await
-        .map_err(failure_from_ws_error)?;
+        .map_err(|err| upgrade_failure(err, plain))?;
         Ok(ws)
     }
+}
+
+/// A failed TLS handshake. A server that answers the ClientHello with bytes that cannot
+/// start a TLS record (an unknown record type or protocol version: "HTTP/1.1 400 …" starts
+/// with `H`) does not speak TLS on this port: the URL should say `ws://`.
+fn tls_handshake_failure(err: &io::Error) -> Failure {
+    use rustls::InvalidMessage;
+    let not_tls = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidMessage(
+                    InvalidMessage::InvalidContentType | InvalidMessage::UnknownProtocolVersion
+                )
+            )
+        });
+    if not_tls {
+        tracing::debug!(target: "wsup::transport", %err, "the TLS handshake was answered with something that is not TLS");
+        return Failure::Network {
+            kind: NetworkKind::PlainServer,
+            detail: err.to_string(),
+        };
+    }
+    io_failure(err)
+}
+
+/// A failed websocket upgrade. Over plain TCP, an answer that does not even start like an
+/// HTTP response (httparse's version error: a TLS alert starts with 0x15 0x03) comes from a
+/// server that speaks TLS on this port: the URL should say `wss://`. A malformed HTTP answer
+/// stays a protocol violation.
+fn upgrade_failure(err: tungstenite::Error, plain: bool) -> Failure {
+    if let tungstenite::Error::Protocol(ProtocolError::HttparseError(httparse::Error::Version)) =
+        &err
+    {
+        if plain {
+            tracing::debug!(target: "wsup::transport", %err, "the upgrade was answered with something that is not HTTP");
+            return Failure::Network {
+                kind: NetworkKind::TlsServer,
+                detail: err.to_string(),
+            };
+        }
+    }
+    failure_from_ws_error(err)
 }
 
 /// The name the server's certificate must match: the URL's host (an IP address as such).
@@ -541,10 +588,17 @@ async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, Failure> {
                 kind: NetworkKind::Dns,
                 detail,
             };
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
+            // The resolver's own error code decides: a name that does not exist may be a
+            // typo (permanent until a connection has succeeded), anything else may heal.
+            let addrs = resolve::resolve_host(domain, port)
                 .await
-                .map_err(|err| dns_failure(format!("{domain}: {err}")))?
-                .collect();
+                .map_err(|err| match err {
+                    resolve::ResolveError::NotFound => Failure::Network {
+                        kind: NetworkKind::HostNotFound,
+                        detail: domain.to_owned(),
+                    },
+                    resolve::ResolveError::Failed(text) => dns_failure(format!("{domain}: {text}")),
+                })?;
             if addrs.is_empty() {
                 return Err(dns_failure(format!("{domain}: no addresses")));
             }
@@ -693,7 +747,6 @@ fn io_failure(err: &io::Error) -> Failure {
         | io::ErrorKind::BrokenPipe
         | io::ErrorKind::ConnectionAborted => NetworkKind::Reset,
         io::ErrorKind::UnexpectedEof => NetworkKind::Eof,
-        _ if err.to_string().contains("failed to lookup address") => NetworkKind::Dns,
         _ => NetworkKind::Other,
     };
     Failure::Network {
@@ -735,11 +788,6 @@ mod tests {
             let failure = failure_from_ws_error(Error::Io(io::Error::from(io_kind)));
             assert!(network(kind)(failure.clone()), "{io_kind:?} → {failure:?}");
         }
-        let dns =
-            io::Error::other("failed to lookup address information: Name or service not known");
-        assert!(network(NetworkKind::Dns)(failure_from_ws_error(Error::Io(
-            dns
-        ))));
     }
 
     #[test]

@@ -388,3 +388,26 @@ async fn garbage_requests_get_400_and_the_server_keeps_serving() {
     expect_echo(&mut client, "fine").await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_tls_client_hello_is_answered_400_at_once() {
+    // A `wss://` client on this plain port: the start of a TLS 1.2/1.3 ClientHello record.
+    // The server must not wait for a request head that will never come.
+    let server = serve("echo", None).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(&[
+            0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03,
+        ])
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    promptly(stream.read_to_end(&mut response)).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{response}"
+    );
+    assert!(response.ends_with("not an HTTP request\n"), "{response}");
+    assert_eq!(server.stats().upgrades, 0);
+}

@@ -439,13 +439,22 @@ async fn http_401_never_leaks_the_token() {
 }
 
 #[tokio::test]
-async fn unknown_host_is_a_dns_failure() {
-    // `.invalid` never resolves (RFC 6761).
+async fn unknown_host_is_host_not_found() {
+    // `.invalid` never resolves (RFC 6761): the resolver answers NXDOMAIN (EAI_NONAME).
+    // A machine with no reachable resolver at all would answer EAI_AGAIN instead (`Dns`).
     let failure = transport(Duration::from_secs(20))
         .dial(&url("ws://wsup-test.invalid/"), None)
         .await
         .unwrap_err();
-    assert_eq!(kind_of(&failure), Some(NetworkKind::Dns), "{failure:?}");
+    assert_eq!(
+        kind_of(&failure),
+        Some(NetworkKind::HostNotFound),
+        "{failure:?}"
+    );
+    assert_eq!(
+        failure.to_string(),
+        "host not found: wsup-test.invalid \u{2014} check the URL"
+    );
 }
 
 // ---------------------------------------------------------------- TLS
