@@ -39,6 +39,9 @@ pub enum Failure {
     },
     /// A local failure that is not the network's or the server's fault.
     Internal(String),
+    /// A file wsup must replace (the credentials file) cannot be: its directory is not
+    /// writable, or the file cannot be locked. Found before a refresh token is spent.
+    CannotCreate(String),
 }
 
 /// Which part of the network failed; all of them are transient.
@@ -69,6 +72,8 @@ pub enum Class {
     Permanent,
     /// A bug or local fault.
     Internal,
+    /// A file that must be written cannot be created (EX_CANTCREAT): stop.
+    CannotCreate,
 }
 
 impl Class {
@@ -81,6 +86,7 @@ impl Class {
             Class::RejectedData => 65,
             Class::Permanent => 69,
             Class::Internal => 1,
+            Class::CannotCreate => 73,
         }
     }
 
@@ -93,6 +99,7 @@ impl Class {
             Class::RejectedData => "rejected data",
             Class::Permanent => "permanent",
             Class::Internal => "internal",
+            Class::CannotCreate => "cannot create",
         }
     }
 }
@@ -115,6 +122,7 @@ impl ClassifyRules {
             Failure::Network { .. } | Failure::Liveness => Class::Transient,
             Failure::Refresh { status, .. } => classify_token_endpoint(*status),
             Failure::Internal(_) => Class::Internal,
+            Failure::CannotCreate(_) => Class::CannotCreate,
         }
     }
 
@@ -284,6 +292,7 @@ impl fmt::Display for Failure {
                 )
             }
             Failure::Internal(detail) => write!(f, "internal error: {}", escape_untrusted(detail)),
+            Failure::CannotCreate(detail) => f.write_str(&escape_untrusted(detail)),
         }
     }
 }
@@ -364,6 +373,7 @@ impl Failure {
             } => format!("token endpoint {s}"),
             Failure::Refresh { status: None, .. } => "token endpoint unreachable".into(),
             Failure::Internal(_) => "internal".into(),
+            Failure::CannotCreate(_) => "cannot create".into(),
         }
     }
 }

@@ -120,6 +120,7 @@ fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Class {
             other => panic!("violation {other} is not one wsup reports"),
         },
         Failure::Internal(_) => Class::Internal,
+        Failure::CannotCreate(_) => Class::CannotCreate,
     }
 }
 
@@ -132,6 +133,7 @@ fn design_exit_code(class: Class) -> u8 {
         Class::RejectedData => 65,
         Class::Permanent => 69,
         Class::Internal => 1,
+        Class::CannotCreate => 73,
     }
 }
 
