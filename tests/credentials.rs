@@ -1242,3 +1242,31 @@ async fn a_symlinked_credentials_file_is_replaced_at_its_target() {
     assert_eq!(std::fs::read_dir(link_dir.path()).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(target_dir.path()).unwrap().count(), 1);
 }
+
+/// The binary on the answer that used to panic ("expires_in": 10^13, with a rotated
+/// refresh token): no panic, the session runs, and the rotated token is in the file.
+#[tokio::test]
+async fn cli_a_huge_expires_in_connects_and_keeps_the_rotated_refresh_token() {
+    let server = scripted_server("echo", "A1").await;
+    let endpoint = TokenEndpoint::start(vec![(
+        200,
+        r#"{"access_token":"A1","expires_in":10000000000000,"refresh_token":"R1"}"#.into(),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Expired: refreshed before dialing.
+    let path = write_file(
+        &dir,
+        &creds_json("A0", "2000-01-01T00:00:00Z", "R0", &endpoint.url),
+    );
+    let out = connect_with_credentials(&server, &path, &[], Input::Eof(b"x\n")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(endpoint.requests(), 1);
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(stored["refresh_token"], "R1");
+    let expiry = stored_expiry(&path) - chrono::Utc::now().timestamp();
+    assert!(expiry <= TEN_YEARS_SECS, "{expiry}");
+}
