@@ -296,8 +296,8 @@ fn token_lifetime(expires_in: &serde_json::Value) -> Result<Duration, ()> {
         serde_json::Value::String(s) => s.trim().parse::<f64>().map_err(|_| ())?,
         _ => return Err(()),
     };
-    // `!(x > 0)` also catches NaN.
-    if !(seconds > 0.0) {
+    // NaN is not greater than zero either.
+    if seconds.is_nan() || seconds <= 0.0 {
         return Ok(Duration::ZERO);
     }
     Ok(Duration::from_secs_f64(
