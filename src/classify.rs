@@ -624,4 +624,13 @@ mod tests {
         assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
         assert!(shown.contains("\\u{1b}]0;pwned"), "{shown}");
     }
+
+    #[test]
+    fn a_credentials_file_that_cannot_be_replaced_is_cannot_create_73() {
+        let f = Failure::CannotCreate("cannot create a file in /etc/wsup".into());
+        let class = ClassifyRules::default().classify(&f);
+        assert_eq!(class, Class::CannotCreate);
+        assert_eq!(class.exit_code(), 73);
+        assert_eq!(f.to_string(), "cannot create a file in /etc/wsup");
+    }
 }
