@@ -305,10 +305,14 @@ fn token_lifetime(expires_in: &serde_json::Value) -> Result<Duration, ()> {
     ))
 }
 
-/// The stored expiry for a token living `lifetime` from `now`, `EXPIRY_MARGIN` early; `None`
-/// (no known expiry: refreshed when rejected) only for a clock outside chrono's range.
+/// The stored expiry for a token living `lifetime` from `now`, `EXPIRY_MARGIN` early.
 fn expiration_text(now: SystemTime, lifetime: Duration) -> Option<String> {
+    // RFC 3339 has four-digit years: a clock set beyond year 9999 (or before year 0)
+    // stores the last (first) time it can write, which loads again.
+    const RFC_3339_FIRST: i128 = -62_167_219_200; // 0000-01-01T00:00:00Z
+    const RFC_3339_LAST: i128 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let at = unix_seconds(now) + i128::from(lifetime.saturating_sub(EXPIRY_MARGIN).as_secs());
+    let at = at.clamp(RFC_3339_FIRST, RFC_3339_LAST);
     let at = chrono::DateTime::<chrono::Utc>::from_timestamp(i64::try_from(at).ok()?, 0)?;
     Some(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
@@ -991,12 +995,79 @@ mod tests {
             })
         }
 
+        /// Mostly well-typed fields (so that the success path is explored too), each
+        /// sometimes of any shape, plus unknown fields.
+        fn plausible_object(
+            fields: Vec<(&'static str, BoxedStrategy<serde_json::Value>)>,
+        ) -> impl Strategy<Value = Vec<u8>> {
+            let fields: Vec<_> = fields
+                .into_iter()
+                .map(|(key, value)| {
+                    prop_oneof![
+                        1 => Just(None),
+                        6 => value.prop_map(move |v| Some((key.to_string(), v))),
+                        1 => json_value().prop_map(move |v| Some((key.to_string(), v))),
+                    ]
+                })
+                .collect();
+            (
+                fields,
+                prop::collection::vec(("[a-z_]{1,8}", json_value()), 0..3),
+            )
+                .prop_map(|(fields, extra)| {
+                    let mut map: serde_json::Map<_, _> = extra.into_iter().collect();
+                    map.extend(fields.into_iter().flatten());
+                    serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_default()
+                })
+        }
+
+        fn token_text() -> BoxedStrategy<serde_json::Value> {
+            prop_oneof![
+                4 => "[!-~]{1,40}",
+                1 => "[ -~]{0,40}",
+                1 => any::<String>(),
+            ]
+            .prop_map(serde_json::Value::from)
+            .boxed()
+        }
+
+        fn plausible_token_answer() -> impl Strategy<Value = Vec<u8>> {
+            plausible_object(vec![
+                ("access_token", token_text()),
+                (
+                    "expires_in",
+                    prop_oneof![
+                        4 => any::<i64>().prop_map(serde_json::Value::from),
+                        2 => any::<u64>().prop_map(serde_json::Value::from),
+                        2 => (-1e20f64..1e20).prop_map(serde_json::Value::from),
+                        1 => "-?[0-9]{1,25}".prop_map(serde_json::Value::from),
+                        2 => json_leaf(),
+                    ]
+                    .boxed(),
+                ),
+                ("refresh_token", token_text()),
+            ])
+        }
+
+        fn plausible_file() -> impl Strategy<Value = Vec<u8>> {
+            plausible_object(vec![
+                ("access_token", token_text()),
+                (
+                    "access_token_expiration",
+                    rfc3339_ish().prop_map(serde_json::Value::from).boxed(),
+                ),
+                ("refresh_token", token_text()),
+                ("token_url", token_text()),
+            ])
+        }
+
         fn token_body() -> impl Strategy<Value = Option<Vec<u8>>> {
             prop_oneof![
                 1 => Just(None),
                 2 => prop::collection::vec(any::<u8>(), 0..256).prop_map(Some),
                 2 => json_value().prop_map(|v| Some(serde_json::to_vec(&v).unwrap_or_default())),
                 6 => json_object(&["access_token", "expires_in", "refresh_token", "token_type", "error"]).prop_map(Some),
+                16 => plausible_token_answer().prop_map(Some),
             ]
         }
 
@@ -1005,6 +1076,7 @@ mod tests {
                 1 => prop::collection::vec(any::<u8>(), 0..256),
                 1 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
                 4 => json_object(&["access_token", "access_token_expiration", "refresh_token", "token_url"]),
+                6 => plausible_file(),
             ]
         }
 
@@ -1040,7 +1112,7 @@ mod tests {
             /// class stops with 69, 75 or 77 (or refreshes).
             #[test]
             fn any_token_answer_is_credentials_or_a_classified_failure(
-                status in prop_oneof![Just(200u16), 100u16..600, any::<u16>()],
+                status in prop_oneof![3 => Just(200u16), 1 => 100u16..600, 1 => any::<u16>()],
                 body in token_body(),
                 now in clock(),
                 window in window(),
