@@ -44,6 +44,9 @@ pub enum Failure {
     /// The local side gave the session something it cannot send (a stdin line longer
     /// than `--max-line`): retrying cannot help. `detail` says what, in the user's terms.
     InputRejected(String),
+    /// A file wsup must replace (the credentials file) cannot be: its directory is not
+    /// writable, or the file cannot be locked. Found before a refresh token is spent.
+    CannotCreate(String),
 }
 
 /// Which part of the network failed. All of them are transient except the last three: a
@@ -88,6 +91,8 @@ pub enum Class {
     Permanent,
     /// A bug or local fault.
     Internal,
+    /// A file that must be written cannot be created (EX_CANTCREAT): stop.
+    CannotCreate,
 }
 
 impl Class {
@@ -100,6 +105,7 @@ impl Class {
             Class::RejectedData => 65,
             Class::Permanent => 69,
             Class::Internal => 1,
+            Class::CannotCreate => 73,
         }
     }
 
@@ -112,6 +118,7 @@ impl Class {
             Class::RejectedData => "rejected data",
             Class::Permanent => "permanent",
             Class::Internal => "internal",
+            Class::CannotCreate => "cannot create",
         }
     }
 }
@@ -151,6 +158,7 @@ impl ClassifyRules {
             Failure::Refresh { status, .. } => classify_token_endpoint(*status),
             Failure::Internal(_) => Class::Internal,
             Failure::InputRejected(_) => Class::RejectedData,
+            Failure::CannotCreate(_) => Class::CannotCreate,
         }
     }
 
@@ -365,6 +373,7 @@ impl fmt::Display for Failure {
             }
             Failure::Internal(detail) => write!(f, "internal error: {}", escape_untrusted(detail)),
             Failure::InputRejected(detail) => f.write_str(detail),
+            Failure::CannotCreate(detail) => f.write_str(&escape_untrusted(detail)),
         }
     }
 }
@@ -454,6 +463,7 @@ impl Failure {
             Failure::Refresh { status: None, .. } => "token endpoint unreachable".into(),
             Failure::Internal(_) => "internal".into(),
             Failure::InputRejected(_) => "input rejected".into(),
+            Failure::CannotCreate(_) => "cannot create".into(),
         }
     }
 }
@@ -787,5 +797,14 @@ mod tests {
         let shown = f.to_string();
         assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
         assert!(shown.contains("\\u{1b}]0;pwned"), "{shown}");
+    }
+
+    #[test]
+    fn a_credentials_file_that_cannot_be_replaced_is_cannot_create_73() {
+        let f = Failure::CannotCreate("cannot create a file in /etc/wsup".into());
+        let class = ClassifyRules::default().classify(&f);
+        assert_eq!(class, Class::CannotCreate);
+        assert_eq!(class.exit_code(), 73);
+        assert_eq!(f.to_string(), "cannot create a file in /etc/wsup");
     }
 }

@@ -263,6 +263,9 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
             "wsup could not continue; run with -vv for details (and report it if it looks like a bug)".into()
         }
         (Class::Done, _) => "the server ended the session".into(),
+        (Class::CannotCreate, _) => {
+            "the refresh token was not spent: make that directory writable (or move the credentials file to one that is), then run wsup again".into()
+        }
     }
 }
 

@@ -833,3 +833,440 @@ async fn cli_refuses_a_plain_http_token_url_to_a_remote_host() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// ---- Hostile token endpoints and hostile files (issue 11) ----
+
+/// A token endpoint that answers each request with one raw HTTP response (status line,
+/// headers and as much body as it likes, written by `answer`), counting the requests.
+struct RawTokenEndpoint {
+    url: String,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawTokenEndpoint {
+    async fn start<F, Fut>(answer: F) -> RawTokenEndpoint
+    where
+        F: Fn(usize, tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        let answer = Arc::new(answer);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    read_request_body(&mut stream).await;
+                    let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    answer(n, stream).await;
+                });
+            }
+        });
+        RawTokenEndpoint { url, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A 200 whose body never ends (no length, spaces forever: a valid JSON prefix, so only
+/// a size cap stops the reader).
+async fn endless_answer(_n: usize, mut stream: tokio::net::TcpStream) {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let chunk = vec![b' '; 64 * 1024];
+    while stream.write_all(&chunk).await.is_ok() {}
+}
+
+/// The stored expiry, in Unix seconds.
+fn stored_expiry(path: &std::path::Path) -> i64 {
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    chrono::DateTime::parse_from_rfc3339(stored["access_token_expiration"].as_str().unwrap())
+        .unwrap()
+        .timestamp()
+}
+
+const TEN_YEARS_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// `expires_in` of any size or sign, or as a string: no panic, the answer (with its
+/// rotated refresh token) is stored, and the expiry is clamped to now..now + 10 years.
+#[tokio::test]
+async fn any_expires_in_is_clamped_and_the_rotated_refresh_token_is_stored() {
+    let cases: [(&str, i64, i64); 7] = [
+        // (expires_in as JSON, lowest and highest stored expiry, relative to now)
+        ("10000000000000", TEN_YEARS_SECS - 62, TEN_YEARS_SECS),
+        ("9223372036854775807", TEN_YEARS_SECS - 62, TEN_YEARS_SECS),
+        ("18446744073709551615", TEN_YEARS_SECS - 62, TEN_YEARS_SECS),
+        ("1e300", TEN_YEARS_SECS - 62, TEN_YEARS_SECS),
+        ("\"3600\"", 3600 - 62, 3600),
+        ("0", -2, 2),
+        ("-9223372036854775808", -2, 2),
+    ];
+    for (expires_in, low, high) in cases {
+        let body =
+            format!(r#"{{"access_token":"a2","expires_in":{expires_in},"refresh_token":"r2"}}"#);
+        let endpoint = TokenEndpoint::start(vec![(200, body)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(
+            &dir,
+            &creds_json("a1", "2000-01-01T00:00:00Z", "r1", &endpoint.url),
+        );
+        let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+        let now = chrono::Utc::now().timestamp();
+        creds
+            .refresh(None)
+            .await
+            .unwrap_or_else(|e| panic!("{expires_in}: {e}"));
+        assert_eq!(creds.authorization().unwrap().expose(), "Bearer a2");
+        let stored: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(stored["refresh_token"], "r2", "{expires_in}");
+        let expiry = stored_expiry(&path) - now;
+        assert!(
+            (low..=high).contains(&expiry),
+            "{expires_in}: expiry now{expiry:+}s"
+        );
+        // What was stored loads again.
+        CredentialsFile::load(&path, "Bearer").unwrap();
+    }
+}
+
+/// RFC 3339 allows years 0000 to 9999 (and offsets that push them further): none of
+/// them may overflow the expiry arithmetic, whatever window is asked about.
+#[test]
+fn stored_expirations_at_the_ends_of_time_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    for (expiration, expired) in [
+        ("9999-12-31T23:59:59Z", false),
+        ("9999-12-31T23:59:59-23:59", false),
+        ("0000-01-01T00:00:00Z", true),
+        ("0000-01-01T00:00:00+23:59", true),
+    ] {
+        let path = write_file(
+            &dir,
+            &creds_json("a1", expiration, "r1", "http://127.0.0.1:9/"),
+        );
+        let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+        assert_eq!(
+            creds.expires_within(now, Duration::from_secs(60)),
+            expired,
+            "{expiration}"
+        );
+        assert!(creds.expires_within(now, Duration::MAX), "{expiration}");
+        assert!(creds.expires_within(SystemTime::UNIX_EPOCH, Duration::MAX));
+    }
+}
+
+/// A body that never ends stops at 64 KiB: the same failure as a garbage answer
+/// (permanent, 69), at once, not after the request timeout or out of memory.
+#[tokio::test]
+async fn cli_an_endless_token_answer_stops_at_64_kib_with_69() {
+    let server = scripted_server("expire-token", "A0").await;
+    let endpoint = RawTokenEndpoint::start(endless_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let content = creds_json("A0", "2099-01-01T00:00:00Z", "R0", &endpoint.url);
+    let path = write_file(&dir, &content);
+    let started = std::time::Instant::now();
+    let out = connect_with_credentials(&server, &path, &[], Input::Open).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("larger than 64 KiB"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(endpoint.requests(), 1);
+    // The token request timeout is 30 s: this did not wait for it.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+}
+
+/// A `Content-Length` over the cap is refused before any of the body is read (here it
+/// never comes); an error status keeps its own class whatever its body's size.
+#[tokio::test]
+async fn an_announced_oversized_token_answer_is_refused_without_reading_it() {
+    for (status, class) in [
+        (200, wsup::classify::Class::Permanent),
+        (503, wsup::classify::Class::Transient),
+    ] {
+        let endpoint = RawTokenEndpoint::start(move |_n, mut stream| async move {
+            let head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{{"
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            // Hold the connection open: only the header can end this request early.
+            let mut sink = [0u8; 64];
+            let _ = stream.read(&mut sink).await;
+        })
+        .await;
+        let (_dir, path) = long_lived_file(&endpoint.url);
+        let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+        let rejected = creds.authorization().unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), creds.refresh(Some(&rejected)))
+            .await
+            .expect("refused at the header, not after the request timeout")
+            .unwrap_err();
+        assert!(
+            matches!(&err, Failure::Refresh { status: Some(s), .. } if *s == status),
+            "{err:?}"
+        );
+        assert_eq!(
+            wsup::classify::ClassifyRules::default().classify(&err),
+            class,
+            "{err}"
+        );
+        if status == 200 {
+            assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+        }
+    }
+}
+
+/// `--credentials` must name a regular file of at most 1 MiB: /dev/zero, a FIFO with no
+/// writer and a 2 MiB file are usage errors naming the file, at once.
+#[tokio::test]
+async fn cli_a_device_a_fifo_or_a_huge_credentials_file_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("credentials.fifo");
+    let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+    let huge = dir.path().join("huge.json");
+    let padding = "p".repeat(2 * 1024 * 1024);
+    std::fs::write(
+        &huge,
+        serde_json::json!({"access_token": "A0", "padding": padding}).to_string(),
+    )
+    .unwrap();
+    let link_to_zero = dir.path().join("zero-link.json");
+    std::os::unix::fs::symlink("/dev/zero", &link_to_zero).unwrap();
+    for (path, expected) in [
+        (std::path::PathBuf::from("/dev/zero"), "not a regular file"),
+        (link_to_zero, "not a regular file"),
+        (fifo, "not a regular file"),
+        (huge, "larger than 1024 KiB"),
+    ] {
+        let path_text = path.to_str().unwrap();
+        let started = std::time::Instant::now();
+        let out = run_wsup(
+            &["connect", "ws://127.0.0.1:9/", "--credentials", path_text],
+            &[],
+            Input::Open,
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path_text}: {stderr}");
+        assert!(stderr.contains(path_text), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{path_text}");
+    }
+}
+
+/// A credentials directory wsup cannot write to: it refuses with 73, naming the
+/// directory, before the refresh token is spent (the endpoint hears nothing).
+///
+/// Root writes anywhere, so as root the wsup child runs as `nobody` (the file stays
+/// readable to it, the directory is not writable by it).
+#[tokio::test]
+async fn cli_a_read_only_credentials_directory_is_73_before_spending_the_refresh_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let endpoint = TokenEndpoint::start(vec![ok_reply("A1", 3600, Some("R1"))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Expired: wsup refreshes before dialing.
+    let content = creds_json("A0", "2000-01-01T00:00:00Z", "R0", &endpoint.url);
+    let path = write_file(&dir, &content);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let mut cmd = wsup_command(&[
+        "connect",
+        "ws://127.0.0.1:9/",
+        "--credentials",
+        path.to_str().unwrap(),
+    ]);
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        // SAFETY: between fork and exec only async-signal-safe calls (setgid, setuid).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    // Stdin stays open: only the refusal ends this run.
+    let _stdin = child.stdin.take();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("wsup finishes")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(73), "{stderr}");
+    assert!(
+        stderr.contains(dir.path().to_str().unwrap()),
+        "names the directory: {stderr}"
+    );
+    assert!(stderr.contains("not spent"), "{stderr}");
+    assert_eq!(endpoint.requests(), 0, "the refresh token was not spent");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
+}
+
+/// A `tracing` writer into a shared buffer, to see what the library warns about.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The file cannot be replaced after the endpoint answered (here: it became a directory
+/// meanwhile). The new tokens are used in memory, the next refresh spends the rotated
+/// refresh token, and the failure is said once, without a token in it.
+#[tokio::test]
+async fn a_write_that_fails_after_the_refresh_keeps_the_new_tokens_and_warns_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials.json");
+    let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    {
+        let path = path.clone();
+        let bodies = bodies.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                n += 1;
+                let body = read_request_body(&mut stream).await;
+                bodies.lock().unwrap().push(body);
+                if n == 1 {
+                    // The file turns into a directory while the answer is on its way.
+                    std::fs::remove_file(&path).unwrap();
+                    std::fs::create_dir(&path).unwrap();
+                }
+                let body = format!(
+                    r#"{{"access_token":"SECRET-A{n}","expires_in":3600,"refresh_token":"SECRET-R{n}"}}"#
+                );
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+    }
+    std::fs::write(
+        &path,
+        creds_json("SECRET-A0", "2099-01-01T00:00:00Z", "SECRET-R0", &url),
+    )
+    .unwrap();
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let creds = CredentialsFile::load(&path, "Bearer").unwrap();
+    for n in 1..=2 {
+        let rejected = creds.authorization().unwrap();
+        creds.refresh(Some(&rejected)).await.unwrap();
+        assert_eq!(
+            creds.authorization().unwrap().expose(),
+            format!("Bearer SECRET-A{n}")
+        );
+    }
+    let bodies = bodies.lock().unwrap().clone();
+    assert_eq!(
+        bodies,
+        [
+            "grant_type=refresh_token&refresh_token=SECRET-R0",
+            "grant_type=refresh_token&refresh_token=SECRET-R1",
+        ],
+        "the second refresh spends the rotated refresh token held in memory"
+    );
+    let log = String::from_utf8_lossy(&log.0.lock().unwrap()).to_string();
+    assert_eq!(log.matches("could not be updated").count(), 1, "{log}");
+    assert!(
+        log.contains("WARN") && log.contains("credentials.json"),
+        "{log}"
+    );
+    assert!(!log.contains("SECRET"), "{log}");
+}
+
+/// A symlinked credentials file: the target gets the new tokens, the link stays a link
+/// (and the temp file was made next to the target, not next to the link).
+#[tokio::test]
+async fn a_symlinked_credentials_file_is_replaced_at_its_target() {
+    let endpoint =
+        TokenEndpoint::start(vec![ok_reply("new-access", 3600, Some("new-refresh"))]).await;
+    let link_dir = tempfile::tempdir().unwrap();
+    let target_dir = tempfile::tempdir().unwrap();
+    let target = write_file(
+        &target_dir,
+        &creds_json(
+            "old-access",
+            "2000-01-01T00:00:00Z",
+            "old-refresh",
+            &endpoint.url,
+        ),
+    );
+    let link = link_dir.path().join("linked.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let creds = CredentialsFile::load(&link, "Bearer").unwrap();
+    creds.refresh(None).await.unwrap();
+    assert_eq!(creds.authorization().unwrap().expose(), "Bearer new-access");
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(std::fs::read_link(&link).unwrap(), target);
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+    assert_eq!(stored["access_token"], "new-access");
+    assert_eq!(stored["refresh_token"], "new-refresh");
+    assert_eq!(std::fs::read_dir(link_dir.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(target_dir.path()).unwrap().count(), 1);
+}
+
+/// The binary on the answer that used to panic ("expires_in": 10^13, with a rotated
+/// refresh token): no panic, the session runs, and the rotated token is in the file.
+#[tokio::test]
+async fn cli_a_huge_expires_in_connects_and_keeps_the_rotated_refresh_token() {
+    let server = scripted_server("echo", "A1").await;
+    let endpoint = TokenEndpoint::start(vec![(
+        200,
+        r#"{"access_token":"A1","expires_in":10000000000000,"refresh_token":"R1"}"#.into(),
+    )])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Expired: refreshed before dialing.
+    let path = write_file(
+        &dir,
+        &creds_json("A0", "2000-01-01T00:00:00Z", "R0", &endpoint.url),
+    );
+    let out = connect_with_credentials(&server, &path, &[], Input::Eof(b"x\n")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(endpoint.requests(), 1);
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(stored["refresh_token"], "R1");
+    let expiry = stored_expiry(&path) - chrono::Utc::now().timestamp();
+    assert!(expiry <= TEN_YEARS_SECS, "{expiry}");
+}

@@ -126,6 +126,7 @@ fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Class {
         },
         Failure::Internal(_) => Class::Internal,
         Failure::InputRejected(_) => Class::RejectedData,
+        Failure::CannotCreate(_) => Class::CannotCreate,
     }
 }
 
@@ -138,6 +139,7 @@ fn design_exit_code(class: Class) -> u8 {
         Class::RejectedData => 65,
         Class::Permanent => 69,
         Class::Internal => 1,
+        Class::CannotCreate => 73,
     }
 }
 
