@@ -109,7 +109,8 @@ pub struct ServeArgs {
     // The help is a string, not this doc comment: rustdoc reads `[:CODE]` as a link.
     #[arg(long, default_value = "echo", help = SCRIPT_HELP)]
     pub script: String,
-    /// Accept only `Authorization: Bearer <current token>` (rotated by /oauth/token).
+    /// Accept only `Authorization: Bearer <current token>` (rotated by /oauth/token)
+    /// [default: no token required].
     #[arg(long, value_name = "TOKEN")]
     pub require_token: Option<String>,
     /// `expires_in` of the tokens issued by /oauth/token.
