@@ -165,12 +165,12 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
         Command::Shell { url } => {
             let quiet = common.quiet;
             // In raw mode "\n" does not return the carriage: notices end with "\r\n". On
-            // a terminal, each retry plan rewrites the previous one in place.
+            // a terminal, the retry plans and "connected" rewrite one status line in place.
             let notices: NoticeSink = Arc::new(move |notice| {
                 if !quiet {
                     let line = format!("wsup: {}", report::notice_line(notice));
                     let text = match notice {
-                        Notice::Retrying { .. } => shell::status_line(&line),
+                        Notice::Retrying { .. } | Notice::Reconnected => shell::status_line(&line),
                         _ => shell::terminal_line(&line),
                     };
                     let mut stderr = std::io::stderr();

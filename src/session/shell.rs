@@ -251,6 +251,14 @@ where
                         Message::Text(text) => text.as_bytes(),
                         _ => continue,
                     };
+                    // The output starts below a status line ("wsup: connected"), not
+                    // after it.
+                    if self.tracks_terminal && STATUS_ON_LINE.swap(false, Ordering::Relaxed) {
+                        let end: &[u8] = if raw_mode_active() { b"\r\n" } else { b"\n" };
+                        if output.write_all(end).await.is_err() {
+                            break;
+                        }
+                    }
                     if output.write_all(bytes).await.is_err() {
                         break;
                     }
