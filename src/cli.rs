@@ -402,7 +402,7 @@ pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), U
     let refused: Vec<String> = given
         .iter()
         .filter(|id| !OUTPUT_FLAGS.contains(&id.as_str()) && !honoured.contains(&id.as_str()))
-        .map(|id| flag_name(id))
+        .map(flag_name)
         .collect();
     if refused.is_empty() {
         return Ok(());
@@ -430,7 +430,7 @@ fn flag_name(id: &clap::Id) -> String {
 }
 
 impl CommonArgs {
-    /// Applies the flags `wsup demo` honours ([`DEMO_FLAGS`]) that were `given` on the
+    /// Applies the flags `wsup demo` honours (the supervision flags) that were `given` on the
     /// command line to the demo's own `config`; the demo's defaults stay otherwise (a
     /// one-second liveness window, ten retries, short backoff).
     pub fn tune_demo(&self, given: &[clap::Id], config: &mut Config) -> Result<(), UsageError> {

@@ -34,15 +34,12 @@ fn main() {
     }
     match cli.command {
         Command::Completions { shell } => {
-            wsup::manual::write_completions(shell, &mut std::io::stdout());
-            exit_after_printing();
+            let written = wsup::manual::write_completions(shell, &mut std::io::stdout());
+            exit_after_printing(written);
         }
         Command::Man => {
-            if let Err(e) = wsup::manual::write_man_page(&mut std::io::stdout()) {
-                eprintln!("wsup: cannot write the manual page: {e}");
-                std::process::exit(74);
-            }
-            exit_after_printing();
+            let written = wsup::manual::write_man_page(&mut std::io::stdout());
+            exit_after_printing(written);
         }
         _ => {}
     }
@@ -84,9 +81,10 @@ fn main() {
     std::process::exit(code.into());
 }
 
-/// Exit 0 once stdout has everything, 74 (output lost) when it could not take it.
-fn exit_after_printing() -> ! {
-    match std::io::stdout().flush() {
+/// Exit 0 once stdout has everything, 74 (output lost) when it could not take it (a
+/// closed pipe, a full disk).
+fn exit_after_printing(written: std::io::Result<()>) -> ! {
+    match written.and_then(|()| std::io::stdout().flush()) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("wsup: cannot write to stdout: {e}");
@@ -101,8 +99,8 @@ fn exit_on_parse_error(e: clap::Error) -> ! {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     if e.kind() == ErrorKind::DisplayVersion {
         // clap names a subcommand's version "wsup-connect 0.1.0": the program is wsup.
-        println!("wsup {}", env!("CARGO_PKG_VERSION"));
-        exit_after_printing();
+        let written = writeln!(std::io::stdout(), "wsup {}", env!("CARGO_PKG_VERSION"));
+        exit_after_printing(written);
     }
     if matches!(
         e.kind(),

@@ -51,8 +51,12 @@ pub fn command() -> clap::Command {
 }
 
 /// Writes the completion script for `shell` to `out`.
-pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn Write) {
-    clap_complete::generate(shell, &mut command(), "wsup", out);
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn Write) -> std::io::Result<()> {
+    // clap_complete panics when its writer fails (a closed pipe): it writes to memory,
+    // and the error of the real write is returned.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "wsup", &mut script);
+    out.write_all(&script)
 }
 
 /// Writes the manual page (roff, section 1) to `out`.

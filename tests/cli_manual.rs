@@ -148,3 +148,32 @@ async fn man_renders_the_page_without_warnings() {
         );
     }
 }
+
+/// A reader that went away (`wsup man | head -0`): exit 74 (output lost), no panic.
+#[test]
+fn a_closed_stdout_is_output_lost_not_a_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    for args in [
+        &["man"][..],
+        &["completions", "bash"][..],
+        &["--version"][..],
+    ] {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe(2)");
+        // SAFETY: both descriptors were just returned by pipe(2) and are owned here only.
+        let (reader, writer) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // The reader is gone before wsup writes a byte: every write is EPIPE.
+        drop(reader);
+        let done = StdCommand::new(env!("CARGO_BIN_EXE_wsup"))
+            .args(args)
+            .stdout(std::process::Stdio::from(writer))
+            .output()
+            .expect("run wsup");
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(74), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("wsup: "), "{args:?}: {stderr}");
+    }
+}
