@@ -95,9 +95,28 @@ pub enum Command {
         max_tunnels: u32,
     },
     /// Run the scripted websocket + token server (for demos, tests, benchmarks).
+    ///
+    /// Of the common flags it takes only -v, -q and --log-format; the client flags are a
+    /// usage error here.
     Serve(ServeArgs),
     /// A one-command tour: supervise a connection through a series of faults.
+    ///
+    /// Honours --max-retries, --backoff-initial, --backoff-max, --connect-timeout,
+    /// --ping-interval, --pong-timeout, --stable-after, -v, -q and --log-format; the
+    /// other client flags (credentials, headers, TLS) are a usage error here.
     Demo,
+    /// Print a shell completion script on stdout.
+    ///
+    /// bash: `wsup completions bash > ~/.local/share/bash-completion/completions/wsup`;
+    /// zsh: into a directory on $fpath as `_wsup`; fish:
+    /// `~/.config/fish/completions/wsup.fish`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: `wsup man > ~/.local/share/man/man1/wsup.1`.
+    Man,
 }
 
 const SCRIPT_HELP: &str = "Comma-separated steps; connection N gets step N, the last one \
@@ -113,7 +132,8 @@ pub struct ServeArgs {
     // The help is a string, not this doc comment: rustdoc reads `[:CODE]` as a link.
     #[arg(long, default_value = "echo", help = SCRIPT_HELP)]
     pub script: String,
-    /// Accept only `Authorization: Bearer <current token>` (rotated by /oauth/token).
+    /// Accept only `Authorization: Bearer <current token>` (rotated by /oauth/token)
+    /// [default: no token required].
     #[arg(long, value_name = "TOKEN")]
     pub require_token: Option<String>,
     /// `expires_in` of the tokens issued by /oauth/token (at most 1 day).
@@ -130,10 +150,10 @@ pub enum LogFormat {
 /// Flags every subcommand takes, before or after the subcommand's name.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// Extra request header, 'Name: value' (repeatable).
+    /// Extra request header, 'Name: value' (repeatable) [default: none].
     #[arg(long = "header", short = 'H', global = true, value_name = "'K: V'")]
     pub headers: Vec<String>,
-    /// Read a static token from this environment variable.
+    /// Read a static token from this environment variable [default: no token].
     #[arg(
         long,
         global = true,
@@ -142,48 +162,55 @@ pub struct CommonArgs {
     )]
     pub token_env: Option<String>,
     /// A JSON credentials file {access_token, access_token_expiration, refresh_token,
-    /// token_url}: refreshed before it expires and once when rejected, rewritten atomically.
+    /// token_url}: refreshed before it expires and once when rejected, rewritten atomically
+    /// [default: none].
     #[arg(long, global = true, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
-    /// Scheme of the Authorization header.
+    /// Scheme of the Authorization header sent with --token-env or --credentials.
     #[arg(long, global = true, default_value = "Bearer")]
     pub auth_scheme: String,
-    /// Redials allowed after failures since the last stable connection (0 = never).
+    /// Redials allowed after failures since the last stable connection (0 = never)
+    /// [default: unlimited; 5 per port-forward tunnel].
     #[arg(long, global = true, value_name = "N")]
     pub max_retries: Option<u32>,
-    /// First backoff ceiling. Durations take units (500ms, 10s, 2m, 1h), at most 1 day.
-    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "500ms")]
+    /// Delay before the first redial (a duration: 500ms, 2s, 1m; at most 1 day); doubles,
+    /// with jitter, up to --backoff-max.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration, default_value = "500ms")]
     pub backoff_initial: Duration,
-    /// Largest backoff ceiling (at most 1 day).
-    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "30s")]
+    /// Longest delay between redials (a duration: 500ms, 2s, 1m).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration, default_value = "30s")]
     pub backoff_max: Duration,
-    /// Covers TCP, TLS and the HTTP upgrade together (at most 1 day).
-    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "10s")]
+    /// Time allowed for one dial (a duration): TCP, TLS and the HTTP upgrade together.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration, default_value = "10s")]
     pub connect_timeout: Duration,
-    /// A ping this often while connected (at most 1 day).
-    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "20s")]
+    /// Send a ping this often while connected (a duration: 500ms, 2s, 1m).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration, default_value = "20s")]
     pub ping_interval: Duration,
-    /// Silence allowed after a ping interval before the connection is dead (at most 1 day).
-    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "20s")]
+    /// Connection dead when nothing at all arrived for --ping-interval plus this (a duration).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration, default_value = "20s")]
     pub pong_timeout: Duration,
-    /// A connection up this long resets the retry and refresh budgets (at most 1 day).
-    #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "10s")]
+    /// A connection up this long (a duration) resets the retry and refresh budgets.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration, default_value = "10s")]
     pub stable_after: Duration,
-    /// Application close codes (4000-4999) to retry, comma-separated.
+    /// Application close codes (4000-4999) to retry, comma-separated [default: none:
+    /// every 4xxx close is permanent].
     #[arg(long, global = true, value_delimiter = ',', value_parser = parse_app_close_code)]
     pub retry_close_codes: Vec<u16>,
-    /// Allow credentials over plain ws:// to a non-loopback host.
+    /// Allow credentials over plain ws:// to a non-loopback host [default: refused].
     #[arg(long, global = true)]
     pub allow_insecure: bool,
-    /// Trust this PEM CA certificate (for private CAs).
+    /// Also trust this PEM CA certificate, for private CAs [default: the system's and
+    /// Mozilla's roots only].
     #[arg(long, global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// Format of everything on stderr: text, or one JSON object per line (notices too).
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// More output: -v adds state transitions, -vv debug logs, -vvv trace.
+    /// More output: -v adds state transitions, -vv debug logs, -vvv trace [default:
+    /// notices only].
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
-    /// Only the final reason for stopping.
+    /// Only the final reason for stopping [default: every notice].
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// After the session ends, how long wsup may wait for stdout's reader to take what
@@ -404,6 +431,139 @@ impl CommonArgs {
             credentials,
         })
     }
+}
+
+/// The common flags alone, as clap sees them.
+fn common_args() -> clap::Command {
+    CommonArgs::augment_args(clap::Command::new("common"))
+}
+
+/// Refuses the common flags that `command` would silently ignore: client flags on `serve`,
+/// `completions` and `man`, and on `demo` those it does not honour. `given` comes from
+/// [`explicit_common_flags`].
+pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), UsageError> {
+    let (name, honoured): (&str, &[&str]) = match command {
+        Command::Connect { .. }
+        | Command::Shell { .. }
+        | Command::Logs { .. }
+        | Command::PortForward { .. } => return Ok(()),
+        Command::Demo => ("demo", DEMO_FLAGS),
+        Command::Serve(_) => ("serve", &[]),
+        Command::Completions { .. } => ("completions", &[]),
+        Command::Man => ("man", &[]),
+    };
+    let refused: Vec<String> = given
+        .iter()
+        .filter(|id| !OUTPUT_FLAGS.contains(&id.as_str()) && !honoured.contains(&id.as_str()))
+        .map(flag_name)
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let (flags, them) = match refused.len() {
+        1 => (refused[0].clone(), "it"),
+        _ => (refused.join(", "), "them"),
+    };
+    Err(UsageError::Invalid(format!(
+        "{flags}: `wsup {name}` does not take {them} (client flags belong to connect, shell, logs and port-forward)"
+    )))
+}
+
+/// `--long-name` (or `-s`) of a common flag, for messages.
+fn flag_name(id: &clap::Id) -> String {
+    let command = common_args();
+    let arg = command.get_arguments().find(|arg| arg.get_id() == id);
+    match arg.and_then(|arg| arg.get_long().map(|long| format!("--{long}"))) {
+        Some(long) => long,
+        None => match arg.and_then(clap::Arg::get_short) {
+            Some(short) => format!("-{short}"),
+            None => id.to_string(),
+        },
+    }
+}
+
+impl CommonArgs {
+    /// Applies the flags `wsup demo` honours (the supervision flags) that were `given` on the
+    /// command line to the demo's own `config`; the demo's defaults stay otherwise (a
+    /// one-second liveness window, ten retries, short backoff).
+    pub fn tune_demo(&self, given: &[clap::Id], config: &mut Config) -> Result<(), UsageError> {
+        let given = |name: &str| given.iter().any(|id| id.as_str() == name);
+        if given("max_retries") {
+            config.machine.max_retries = self.max_retries;
+        }
+        if given("backoff_initial") {
+            config.backoff.initial = self.backoff_initial;
+        }
+        if given("backoff_max") {
+            config.backoff.max = self.backoff_max;
+        }
+        if given("connect_timeout") {
+            config.transport.connect_timeout = self.connect_timeout;
+        }
+        if given("ping_interval") {
+            config.machine.ping_interval = self.ping_interval;
+        }
+        if given("pong_timeout") {
+            config.machine.pong_timeout = self.pong_timeout;
+        }
+        if given("stable_after") {
+            config.machine.stable_after = self.stable_after;
+        }
+        if config.backoff.initial > config.backoff.max {
+            return Err(UsageError::Invalid(format!(
+                "--backoff-initial ({}) is larger than the demo's --backoff-max ({})",
+                humantime::format_duration(config.backoff.initial),
+                humantime::format_duration(config.backoff.max)
+            )));
+        }
+        for (flag, value) in [
+            ("--ping-interval", config.machine.ping_interval),
+            ("--pong-timeout", config.machine.pong_timeout),
+            ("--connect-timeout", config.transport.connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(UsageError::Invalid(format!("{flag} must be more than 0")));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Which common flags a subcommand takes.
+
+/// Common flags every subcommand takes: they only change what is printed on stderr.
+const OUTPUT_FLAGS: &[&str] = &["verbose", "quiet", "log_format"];
+
+/// Common flags `wsup demo` honours besides [`OUTPUT_FLAGS`]: the supervision knobs, which
+/// change how the tour's faults are handled. Credentials, headers and TLS do not apply to
+/// the demo's own in-process server.
+const DEMO_FLAGS: &[&str] = &[
+    "max_retries",
+    "backoff_initial",
+    "backoff_max",
+    "connect_timeout",
+    "ping_interval",
+    "pong_timeout",
+    "stable_after",
+];
+
+/// The ids of the [`CommonArgs`] given on the command line (not defaults), in the order
+/// they are declared. Read from clap's own list of the common flags, so that a flag added
+/// to [`CommonArgs`] is covered without a change here.
+pub fn explicit_common_flags(matches: &clap::ArgMatches) -> Vec<clap::Id> {
+    use clap::parser::ValueSource;
+    let given = |matches: &clap::ArgMatches, id: &clap::Id| {
+        matches.value_source(id.as_str()) == Some(ValueSource::CommandLine)
+    };
+    common_args()
+        .get_arguments()
+        .map(|arg| arg.get_id().clone())
+        .filter(|id| {
+            // Global flags given after the subcommand's name are recorded there too.
+            given(matches, id) || matches.subcommand().is_some_and(|(_, sub)| given(sub, id))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -40,6 +40,35 @@ impl Session for PrintSession {
 }
 
 pub async fn run(notices: NoticeSink, signals: SignalWatch) -> Result<Outcome, String> {
+    run_adjusted(notices, signals, |_| {}).await
+}
+
+/// The supervision settings of the tour, for the demo server at `url`.
+pub fn tour_config(url: url::Url) -> Config {
+    Config {
+        machine: MachineConfig {
+            // Short enough that the half-open step is found in two seconds.
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(1),
+            max_retries: Some(10),
+            ..MachineConfig::default()
+        },
+        backoff: BackoffPolicy {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(2),
+            ..BackoffPolicy::default()
+        },
+        ..Config::new(url)
+    }
+}
+
+/// [`run`], with `adjust` applied to [`tour_config`] before the first dial (`wsup demo
+/// --max-retries 0` and the other supervision flags the demo honours).
+pub async fn run_adjusted(
+    notices: NoticeSink,
+    signals: SignalWatch,
+    adjust: impl FnOnce(&mut Config),
+) -> Result<Outcome, String> {
     let script = DEMO_SCRIPT.parse().map_err(|e: String| e)?;
     let options = ServeOptions {
         require_token: Some(INITIAL_TOKEN.into()),
@@ -79,21 +108,8 @@ pub async fn run(notices: NoticeSink, signals: SignalWatch) -> Result<Outcome, S
         .ws_url()
         .parse()
         .map_err(|e| format!("demo server URL: {e}"))?;
-    let config = Config {
-        machine: MachineConfig {
-            // Short enough that the half-open step is found in two seconds.
-            ping_interval: Duration::from_secs(1),
-            pong_timeout: Duration::from_secs(1),
-            max_retries: Some(10),
-            ..MachineConfig::default()
-        },
-        backoff: BackoffPolicy {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(2),
-            ..BackoffPolicy::default()
-        },
-        ..Config::new(url)
-    };
+    let mut config = tour_config(url);
+    adjust(&mut config);
     let outcome = Supervisor::new(config)
         .credentials(credentials)
         .on_notice(notices)

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod demo;
 pub mod driver;
 pub mod machine;
+pub mod manual;
 pub mod report;
 pub mod serve;
 pub mod session;

@@ -1,7 +1,7 @@
 //! The `wsup` binary: a thin client of the library. Parses flags, picks a session,
 //! prints notices and maps the outcome to an exit code.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use wsup::cli::{Cli, Command, CommonArgs, LogFormat, ServeArgs};
 use wsup::driver::{process_signals, NoticeSink};
-use wsup::machine::{Outcome, OutputLoss, Sig};
+use wsup::machine::{Notice, Outcome, OutputLoss, Sig};
 use wsup::report::{self, CredentialKind};
 use wsup::session::connect::ConnectSession;
 use wsup::session::forward::Forwarder;
@@ -23,11 +23,31 @@ const EXIT_INTERNAL: u8 = 1;
 const SHELL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => exit_on_parse_error(e),
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => exit_on_parse_error(e),
     };
     JSON_STDERR.store(cli.common.log_format == LogFormat::Json, Ordering::Relaxed);
+    // Flags a subcommand would ignore are refused rather than silently dropped.
+    let given = wsup::cli::explicit_common_flags(&matches);
+    if let Err(e) = wsup::cli::check_common_flags(&cli.command, &given) {
+        std::process::exit(usage_error(e).into());
+    }
+    match cli.command {
+        Command::Completions { shell } => {
+            let written = wsup::manual::write_completions(shell, &mut std::io::stdout());
+            exit_after_printing(written);
+        }
+        Command::Man => {
+            let written = wsup::manual::write_man_page(&mut std::io::stdout());
+            exit_after_printing(written);
+        }
+        _ => {}
+    }
     init_logging(&cli.common, matches!(cli.command, Command::Demo));
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // wsup is I/O-bound: with one worker, the driver and its session hand frames over on
@@ -51,7 +71,7 @@ fn main() {
     // polled from `block_on` on the main thread instead, every message would cross
     // threads (round trips measured 0.64× of the library's in benches/e2e.rs).
     let code = runtime
-        .block_on(async { tokio::spawn(run(cli)).await })
+        .block_on(async { tokio::spawn(run(cli, given)).await })
         .unwrap_or(EXIT_INTERNAL);
     if [Sig::Interrupt, Sig::Terminate]
         .map(|sig| Outcome::Signal(sig).exit_code())
@@ -75,18 +95,47 @@ fn main() {
     std::process::exit(code.into());
 }
 
+/// Exit 0 once stdout has everything, 74 (output lost) when it could not take it (a
+/// closed pipe, a full disk).
+fn exit_after_printing(written: std::io::Result<()>) -> ! {
+    match written.and_then(|()| std::io::stdout().flush()) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprint_message("wsup", "error", &format!("cannot write to stdout: {e}"));
+            std::process::exit(74);
+        }
+    }
+}
+
 /// `--help` and `--version` go to stdout with exit 0 (clap's defaults); a usage error is
-/// one line on stderr with exit 2.
+/// one line on stderr with exit 2, with clap's "did you mean" suggestion if it has one.
 fn exit_on_parse_error(e: clap::Error) -> ! {
-    use clap::error::ErrorKind;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::DisplayVersion {
+        // clap names a subcommand's version "wsup-connect 0.1.0": the program is wsup.
+        let written = writeln!(std::io::stdout(), "wsup {}", env!("CARGO_PKG_VERSION"));
+        exit_after_printing(written);
+    }
     if matches!(
         e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         e.exit();
     }
+    // The suggestion is a "tip:" paragraph of its own, below the one kept here.
+    let suggestions: Vec<String> = [
+        ContextKind::SuggestedSubcommand,
+        ContextKind::SuggestedArg,
+        ContextKind::SuggestedValue,
+    ]
+    .into_iter()
+    .filter_map(|kind| match e.get(kind) {
+        Some(ContextValue::String(one)) => Some(vec![one.clone()]),
+        Some(ContextValue::Strings(many)) => Some(many.clone()),
+        _ => None,
+    })
+    .flatten()
+    .collect();
     // clap's first paragraph, on one line: "the following required arguments were not
     // provided:" is followed by the names on lines of their own.
     let rendered = e.render().to_string();
@@ -108,11 +157,15 @@ fn exit_on_parse_error(e: clap::Error) -> ! {
             .windows(2)
             .any(|pair| pair[0] == "--log-format" && pair[1] == "json");
     JSON_STDERR.store(json, Ordering::Relaxed);
-    eprint_message("wsup", "error", &format!("{line} (see wsup --help)"));
+    let tip = match suggestions.as_slice() {
+        [] => String::new(),
+        names => format!("; did you mean {}?", names.join(" or ")),
+    };
+    eprint_message("wsup", "error", &format!("{line}{tip} (see wsup --help)"));
     std::process::exit(EXIT_USAGE.into());
 }
 
-async fn run(cli: Cli) -> u8 {
+async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
     let common = cli.common;
     match cli.command {
         Command::Connect { url, max_line } => {
@@ -127,11 +180,25 @@ async fn run(cli: Cli) -> u8 {
         }
         Command::Shell { url } => {
             let quiet = common.quiet;
-            // In raw mode "\n" does not return the carriage: notices end with "\r\n".
+            // In raw mode "\n" does not return the carriage: notices end with "\r\n". On
+            // a terminal, the retry plans and "connected" rewrite one status line in place.
             let notices: NoticeSink = Arc::new(move |notice| {
                 if !quiet {
                     let line = stderr_line("wsup", "info", report::notice_fields(notice));
-                    let _ = std::io::stderr().write_all(shell::terminal_line(&line).as_bytes());
+                    // On a terminal (text, not JSON), the retry plans and "connected"
+                    // rewrite one status line in place.
+                    let text = match notice {
+                        Notice::Retrying { .. } | Notice::Reconnected
+                            if !JSON_STDERR.load(Ordering::Relaxed) =>
+                        {
+                            shell::status_line(&line)
+                        }
+                        _ => shell::terminal_line(&line),
+                    };
+                    let mut stderr = std::io::stderr();
+                    let _ = stderr.write_all(text.as_bytes());
+                    // A status line has no line end to flush it.
+                    let _ = stderr.flush();
                 }
             });
             // A terminal reads as fast as it can: an unread shell output is a stuck
@@ -170,23 +237,42 @@ async fn run(cli: Cli) -> u8 {
             max_tunnels,
         } => port_forward(&common, &url, &listen, max_tunnels).await,
         Command::Serve(args) => serve(args).await,
-        Command::Demo => match wsup::demo::run(notice_printer(&common), process_signals()).await {
-            Ok(outcome) => {
-                let code = finish(&outcome, &CredentialKind::Refreshable);
-                if code == 0 {
-                    eprint_message(
-                        "wsup demo",
-                        "info",
-                        "the session survived every fault and ended cleanly (exit 0)",
-                    );
+        // Printed and exited in main, before the runtime starts.
+        Command::Completions { .. } | Command::Man => 0,
+        Command::Demo => {
+            // The flags are applied to the tour's settings and checked before the server
+            // starts; the URL is the server's, known only once it listens.
+            let Ok(placeholder) = "ws://127.0.0.1/".parse() else {
+                return EXIT_INTERNAL;
+            };
+            let mut tuned = wsup::demo::tour_config(placeholder);
+            if let Err(e) = common.tune_demo(&given, &mut tuned) {
+                return usage_error(e);
+            }
+            let adjust = move |config: &mut wsup::driver::Config| {
+                config.machine = tuned.machine;
+                config.backoff = tuned.backoff;
+                config.transport.connect_timeout = tuned.transport.connect_timeout;
+            };
+            match wsup::demo::run_adjusted(notice_printer(&common), process_signals(), adjust).await
+            {
+                Ok(outcome) => {
+                    let code = finish(&outcome, &CredentialKind::Refreshable);
+                    if code == 0 {
+                        eprint_message(
+                            "wsup demo",
+                            "info",
+                            "the session survived every fault and ended cleanly (exit 0)",
+                        );
+                    }
+                    code
                 }
-                code
+                Err(e) => {
+                    eprint_message("wsup demo", "error", &e.to_string());
+                    EXIT_INTERNAL
+                }
             }
-            Err(e) => {
-                eprint_message("wsup demo", "error", &e.to_string());
-                EXIT_INTERNAL
-            }
-        },
+        }
     }
 }
 

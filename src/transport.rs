@@ -91,7 +91,25 @@ pub enum UsageError {
 /// websocket URLs by RFC 6455).
 pub fn parse_ws_url(text: &str) -> Result<Url, UsageError> {
     let shown = || escape_untrusted(text.trim());
-    let url = Url::parse(text.trim()).map_err(|err| UsageError::InvalidUrl {
+    let parsed = Url::parse(text.trim());
+    // `127.0.0.1:8765` does not parse ("relative URL without a base") and `localhost:8765`
+    // parses with the scheme "localhost": both are a host and port without a scheme.
+    let misparsed_host = match &parsed {
+        Err(_) => true,
+        Ok(url) => !matches!(url.scheme(), "ws" | "wss") && !text.contains("://"),
+    };
+    if misparsed_host {
+        if let Some(guess) = with_ws_scheme(text.trim()) {
+            return Err(UsageError::InvalidUrl {
+                text: shown(),
+                reason: format!(
+                    "no scheme: add ws:// or wss:// (did you mean {}?)",
+                    escape_untrusted(guess.as_str())
+                ),
+            });
+        }
+    }
+    let url = parsed.map_err(|err| UsageError::InvalidUrl {
         text: shown(),
         reason: err.to_string(),
     })?;
@@ -122,6 +140,27 @@ pub fn parse_ws_url(text: &str) -> Result<Url, UsageError> {
         return Err(invalid("websocket URLs cannot have a #fragment"));
     }
     Ok(url)
+}
+
+/// `host:port/path` with the scheme it most likely lacks: ws:// for a loopback host (a
+/// local server rarely has TLS), wss:// otherwise. `None` when even that is not a valid
+/// websocket URL with a host (then the text was not just missing a scheme).
+fn with_ws_scheme(text: &str) -> Option<Url> {
+    if text.is_empty() || text.contains("://") {
+        return None;
+    }
+    let plain = Url::parse(&format!("ws://{text}")).ok()?;
+    match plain.host() {
+        None | Some(Host::Domain("")) => return None,
+        Some(_) => {}
+    }
+    if !plain.username().is_empty() || plain.password().is_some() {
+        return None;
+    }
+    if is_loopback(&plain) {
+        return Some(plain);
+    }
+    Url::parse(&format!("wss://{text}")).ok()
 }
 
 /// The URL for messages: any password replaced by `***`.

@@ -315,10 +315,11 @@ async fn ctrl_c_while_reconnecting_exits_130_and_restores_the_terminal() {
     let (wsup, settings_before) =
         PtyWsup::spawn(&["shell", &url, "--backoff-initial", "30s"], 80, 24);
 
-    // The status line while reconnecting: on a line of its own, with the server's reason.
+    // The status line while reconnecting: on a line of its own (cleared first, to be
+    // rewritten in place), with the server's reason.
     let shown = wsup.wait_for("retrying in").await;
     assert!(
-        shown.starts_with("wsup: ") && shown.contains("No shell-agent listening"),
+        shown.starts_with("\r\x1b[2Kwsup: ") && shown.contains("No shell-agent listening"),
         "{shown:?}"
     );
     assert_raw(&wsup.pty);
@@ -429,4 +430,80 @@ async fn frames_on_the_wire_against_an_independent_server() {
     assert_exit(status, 130, &screen);
     assert_eq!(server.wait_client_close(0).await.0, 1001);
     assert_eq!(settings, settings_before, "terminal settings changed");
+}
+
+/// On a terminal, the reconnect status is one line rewritten in place: each retry plan
+/// returns the carriage and clears the line instead of starting a new one; the final
+/// reason gets a line of its own.
+#[tokio::test]
+async fn retry_notices_rewrite_one_status_line_on_the_terminal() {
+    let (_server, url) = serve("close:1011:No shell-agent listening").await;
+    let (wsup, settings_before) = PtyWsup::spawn(
+        &[
+            "shell",
+            &url,
+            "--max-retries",
+            "3",
+            "--backoff-initial",
+            "10ms",
+            "--backoff-max",
+            "20ms",
+        ],
+        80,
+        24,
+    );
+    let screen = wsup.finish_restored(75, &settings_before).await;
+    let clear_line = "\r\x1b[2K";
+    for attempt in 1..=3 {
+        assert!(
+            screen.contains(&format!("{clear_line}wsup: "))
+                && screen.contains(&format!("attempt {attempt} of 3")),
+            "attempt {attempt} is not a rewritten status line: {screen:?}"
+        );
+    }
+    // The server accepts, then closes: "connected" is part of the same status line.
+    for attempt in 1..=2 {
+        assert!(
+            screen.contains(&format!(
+                "attempt {attempt} of 3{clear_line}wsup: connected{clear_line}wsup: "
+            )),
+            "attempt {attempt} is followed by a new line instead of a rewrite: {screen:?}"
+        );
+    }
+    assert_eq!(
+        screen.matches("retrying in").count(),
+        3,
+        "one status per retry: {screen:?}"
+    );
+    assert!(
+        screen.contains("connected\r\nwsup: ") && screen.contains("giving up after 3 retries"),
+        "the final reason starts a line of its own: {screen:?}"
+    );
+}
+
+/// With stderr not a terminal (a log file, a pipe), one line per retry, as before.
+#[tokio::test]
+async fn retry_notices_are_one_line_each_when_stderr_is_not_a_terminal() {
+    let (_server, url) = serve("close:1011:No shell-agent listening").await;
+    let done = Wsup::spawn([
+        "shell",
+        url.as_str(),
+        "--max-retries",
+        "2",
+        "--backoff-initial",
+        "10ms",
+        "--backoff-max",
+        "20ms",
+    ])
+    .finish()
+    .await;
+    done.assert_code(75).assert_stderr_lacks("\x1b[");
+    let retries: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|line| line.contains("retrying in"))
+        .collect();
+    assert_eq!(retries.len(), 2, "{}", done.dump());
+    assert!(retries[0].starts_with("wsup: ") && retries[0].ends_with("attempt 1 of 2"));
+    assert!(retries[1].starts_with("wsup: ") && retries[1].ends_with("attempt 2 of 2"));
 }

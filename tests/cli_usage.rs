@@ -432,11 +432,11 @@ async fn help_and_version_go_to_stdout_with_exit_0() {
     ] {
         let done = Wsup::spawn(args).finish_within(QUICKLY).await;
         done.assert_code(0);
-        let version = done.stdout_text();
-        assert!(
-            version.starts_with("wsup")
-                && version.ends_with(&format!(" {}\n", env!("CARGO_PKG_VERSION"))),
-            "{args:?}: {version:?}"
+        // The program's name, not clap's "wsup-connect" for a subcommand.
+        assert_eq!(
+            done.stdout_text(),
+            format!("wsup {}\n", env!("CARGO_PKG_VERSION")),
+            "{args:?}"
         );
         assert_eq!(done.stderr, "", "{args:?}");
     }
@@ -559,4 +559,176 @@ async fn the_largest_accepted_values_run_without_overflow() {
     .finish_within(QUICKLY)
     .await;
     done.assert_code(0).assert_stderr_lacks("panicked");
+}
+
+// ------------------------------------------------- flags that mean what they say
+
+#[tokio::test]
+async fn client_flags_on_serve_are_usage_errors_before_or_after_the_subcommand() {
+    for args in [
+        &["serve", "--ca-cert", "/nonexistent", "--token-env", "NOPE"][..],
+        &["--header", "X-Team: a", "serve", "--listen", "127.0.0.1:0"][..],
+        &["serve", "--listen", "127.0.0.1:0", "--max-retries", "3"][..],
+        &["serve", "--allow-insecure"][..],
+        &["completions", "bash", "--credentials", "creds.json"][..],
+        &["man", "--ping-interval", "1s"][..],
+    ] {
+        let done = usage_error(args, &[]).await;
+        assert_mentions(&done, &["does not take", "client flags belong to"]);
+        let flag = args
+            .iter()
+            .find(|arg| arg.starts_with("--") && **arg != "--listen")
+            .expect("a client flag");
+        assert_mentions(&done, &[flag]);
+    }
+}
+
+#[tokio::test]
+async fn serve_takes_the_output_flags() {
+    let server = Wsup::spawn([
+        "-q",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ]);
+    let url = server.first_stdout_line().await;
+    assert!(url.starts_with("ws://127.0.0.1:"), "serve printed {url:?}");
+}
+
+#[tokio::test]
+async fn demo_honours_max_retries_and_refuses_credentials_and_tls_flags() {
+    // The tour's first fault is a transient close: with no retry allowed, it ends there.
+    let done = Wsup::spawn(["demo", "--max-retries", "0"])
+        .finish_within(support::BOUND)
+        .await;
+    done.assert_code(75)
+        .assert_stderr_contains("No shell-agent listening")
+        .assert_stderr_contains("giving up after 0 retries")
+        .assert_stderr_lacks("attempt 1 of 10");
+
+    for args in [
+        &["demo", "--token-env", "NOPE"][..],
+        &["demo", "--header", "X-Team: a"][..],
+        &["--ca-cert", "/nonexistent", "demo"][..],
+        &["demo", "--retry-close-codes", "4000"][..],
+    ] {
+        let done = usage_error(args, &[]).await;
+        assert_mentions(&done, &["`wsup demo` does not take"]);
+    }
+    // Honoured flags are checked against the tour's settings.
+    let done = usage_error(&["demo", "--backoff-initial", "1m"], &[]).await;
+    assert_mentions(&done, &["--backoff-initial", "--backoff-max"]);
+}
+
+#[tokio::test]
+async fn a_mistyped_subcommand_or_flag_gets_a_suggestion_on_its_one_line() {
+    let done = usage_error(&["conect", "ws://127.0.0.1:9/"], &[]).await;
+    assert_mentions(&done, &["'conect'", "did you mean connect?"]);
+    let done = usage_error(&["connect", "ws://127.0.0.1:9/", "--max-retrys", "3"], &[]).await;
+    assert_mentions(&done, &["--max-retrys", "did you mean --max-retries?"]);
+}
+
+#[tokio::test]
+async fn a_host_and_port_without_a_scheme_gets_the_corrected_url() {
+    for (url, corrected) in [
+        ("127.0.0.1:8765", "ws://127.0.0.1:8765/"),
+        // Parses as the scheme "localhost" without a check.
+        ("localhost:8765", "ws://localhost:8765/"),
+        ("localhost:8765/feed?x=1", "ws://localhost:8765/feed?x=1"),
+        // Not loopback: TLS is the likely intent.
+        ("example.org/feed", "wss://example.org/feed"),
+    ] {
+        let done = usage_error(&["connect", url], &[]).await;
+        assert_mentions(
+            &done,
+            &["add ws:// or wss://", &format!("did you mean {corrected}?")],
+        );
+        assert!(
+            !message(&done).contains("relative URL without a base"),
+            "{}",
+            message(&done)
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_duration_flag_says_its_default_and_unit_and_max_retries_says_unlimited() {
+    let done = Wsup::spawn(["connect", "--help"])
+        .finish_within(QUICKLY)
+        .await;
+    done.assert_code(0);
+    let help = done.stdout_text();
+    for (flag, default) in [
+        ("--backoff-initial", "500ms"),
+        ("--backoff-max", "30s"),
+        ("--ping-interval", "20s"),
+        ("--pong-timeout", "20s"),
+        ("--connect-timeout", "10s"),
+        ("--stable-after", "10s"),
+    ] {
+        let entry = help_entry(&help, flag);
+        for needle in ["<DURATION>", &format!("[default: {default}]")] {
+            assert!(entry.contains(needle), "{flag}: {needle:?} in {entry:?}");
+        }
+        let explained = entry
+            .replace(&format!("[default: {default}]"), "")
+            .replace(&format!("{flag} <DURATION>"), "");
+        assert!(
+            explained.split_whitespace().count() >= 4,
+            "{flag} has no help text: {entry:?}"
+        );
+    }
+    let entry = help_entry(&help, "--max-retries");
+    assert!(entry.contains("default: unlimited"), "{entry:?}");
+}
+
+/// A flag's entry in `--help`: its line and the indented lines that continue it.
+fn help_entry(help: &str, flag: &str) -> String {
+    // Flags stand at most 6 columns in; their wrapped help is indented further.
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut lines = help.lines().skip_while(|line| {
+        indent(line) > 6
+            || !line
+                .trim_start()
+                .split(", ")
+                .any(|name| name.starts_with(&format!("{flag} ")) || name == flag)
+    });
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("{flag} is not in --help:\n{help}"));
+    let mut entry = first.trim().to_owned();
+    // An entry ends at an empty line; clap separates a long help's paragraphs (and the
+    // `[default: …]`) by lines of indentation only.
+    for line in lines.take_while(|line| !line.is_empty() && indent(line) > 6) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        entry.push(' ');
+        entry.push_str(line.trim());
+    }
+    entry
+}
+
+/// The rule behind the help test, for every flag of every subcommand, new ones included:
+/// a help text, and for an option with a value, its default.
+#[test]
+fn every_flag_has_help_and_every_option_its_default() {
+    let mut command = wsup::manual::command();
+    command.build();
+    for sub in std::iter::once(&command).chain(command.get_subcommands()) {
+        for arg in sub.get_arguments() {
+            let name = format!("{} {}", sub.get_name(), arg.get_id());
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.trim().is_empty(), "{name} has no help");
+            let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+            if takes_value && !arg.is_positional() && !arg.is_required_set() {
+                assert!(
+                    !arg.get_default_values().is_empty() || help.contains("default"),
+                    "{name}: its help does not say the default: {help:?}"
+                );
+            }
+        }
+    }
 }

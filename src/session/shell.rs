@@ -255,6 +255,15 @@ where
                         _ => continue,
                     };
                     inbound.owe(bytes.len());
+                    // The output starts below a status line ("wsup: connected"), not
+                    // after it.
+                    if self.tracks_terminal && STATUS_ON_LINE.swap(false, Ordering::Relaxed) {
+                        let end: &[u8] = if raw_mode_active() { b"\r\n" } else { b"\n" };
+                        if let Err(error) = output.write_all(end).await {
+                            failed = Some(error.into());
+                            break;
+                        }
+                    }
                     if let Err(error) = output.write_all(bytes).await {
                         failed = Some(error.into());
                         break;
@@ -380,9 +389,13 @@ static RAW_MODE: AtomicBool = AtomicBool::new(false);
 /// The last byte the session wrote to the terminal ended a line (or nothing was written).
 static AT_LINE_START: AtomicBool = AtomicBool::new(true);
 
+/// The current terminal line is a [`status_line`] and nothing else (no line end yet).
+static STATUS_ON_LINE: AtomicBool = AtomicBool::new(false);
+
 fn note_output(bytes: &[u8]) {
     if let Some(&last) = bytes.last() {
         AT_LINE_START.store(last == b'\n', Ordering::Relaxed);
+        STATUS_ON_LINE.store(false, Ordering::Relaxed);
     }
 }
 
@@ -440,9 +453,38 @@ fn install_panic_hook() {
 /// mid-line on the terminal) and ends with `"\r\n"` while raw mode is on, `"\n"` otherwise.
 pub fn terminal_line(line: &str) -> String {
     let raw = raw_mode_active();
+    STATUS_ON_LINE.store(false, Ordering::Relaxed);
     let mid_line = !AT_LINE_START.swap(true, Ordering::Relaxed);
     let break_first = mid_line && (raw || std::io::stderr().is_terminal());
     format_line(line, raw, break_first)
+}
+
+/// A status that replaces the previous one (the reconnect progress: "retrying in 2 s,
+/// attempt 3"): on a terminal, carriage return, clear the line, the text, and no line end,
+/// so that the next status rewrites it in place; the line it replaces is only ever a
+/// status, never the session's output (that gets a line break first). On a stderr that is
+/// not a terminal (a log file, a pipe), one [`terminal_line`] per status.
+pub fn status_line(line: &str) -> String {
+    if !std::io::stderr().is_terminal() {
+        return terminal_line(line);
+    }
+    let raw = raw_mode_active();
+    let replaces_status = STATUS_ON_LINE.swap(true, Ordering::Relaxed);
+    let mid_line = !AT_LINE_START.swap(false, Ordering::Relaxed);
+    format_status(line, raw, mid_line && !replaces_status)
+}
+
+fn format_status(line: &str, raw: bool, break_first: bool) -> String {
+    use crossterm::terminal::{Clear, ClearType};
+    let mut text = String::with_capacity(line.len() + 8);
+    if break_first {
+        text.push_str(if raw { "\r\n" } else { "\n" });
+    }
+    text.push('\r');
+    // Writing to a String cannot fail.
+    let _ = crossterm::Command::write_ansi(&Clear(ClearType::CurrentLine), &mut text);
+    text.push_str(line);
+    text
 }
 
 fn format_line(line: &str, raw: bool, break_first: bool) -> String {
@@ -522,6 +564,9 @@ mod tests {
         assert_eq!(format_line("wsup: x", true, false), "wsup: x\r\n");
         assert_eq!(format_line("wsup: x", true, true), "\r\nwsup: x\r\n");
         assert_eq!(format_line("wsup: x", false, true), "\nwsup: x\n");
+        assert_eq!(format_status("wsup: x", true, false), "\r\x1b[2Kwsup: x");
+        assert_eq!(format_status("wsup: x", true, true), "\r\n\r\x1b[2Kwsup: x");
+        assert_eq!(format_status("wsup: x", false, true), "\n\r\x1b[2Kwsup: x");
         assert_eq!(crlf(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
     }
 
