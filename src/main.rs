@@ -27,7 +27,7 @@ fn main() {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // wsup is I/O-bound: with one worker, the driver and its session hand frames over on
     // the same thread instead of waking each other across cores (downstream port-forward
-    // measured 1.19× faster in benches/e2e.rs). TOKIO_WORKER_THREADS still wins.
+    // measured 1.19× faster in benches/e2e/). TOKIO_WORKER_THREADS still wins.
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);
     }
@@ -40,7 +40,7 @@ fn main() {
     };
     // The supervisor runs as a spawned task, on a worker thread, next to its session:
     // polled from `block_on` on the main thread instead, every message would cross
-    // threads (round trips measured 0.64× of the library's in benches/e2e.rs).
+    // threads (round trips measured 0.64× of the library's in benches/e2e/).
     let code = runtime
         .block_on(async { tokio::spawn(run(cli)).await })
         .unwrap_or(EXIT_INTERNAL);
