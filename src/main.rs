@@ -296,8 +296,19 @@ async fn serve(args: ServeArgs) -> u8 {
         token_ttl: args.token_ttl,
         ..wsup::serve::ServeOptions::new(args.listen, script)
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match wsup::serve::tls_acceptor(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => return usage_error(e),
+        },
+        _ => None,
+    };
     let mut signals = process_signals();
-    let server = match wsup::serve::start(options).await {
+    let started = match tls {
+        Some(tls) => wsup::serve::start_tls(options, tls).await,
+        None => wsup::serve::start(options).await,
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             eprintln!("wsup serve: cannot listen on {}: {e}", args.listen);
