@@ -1,7 +1,8 @@
 //! (a) port-forward throughput: tunnels of each kind against direct TCP, both directions.
 
 use crate::procs::{
-    spawn_plain, spawn_websocat_client, spawn_websocat_server, spawn_wsup_forward,
+    spawn_plain, spawn_websocat_client, spawn_websocat_client_tls, spawn_websocat_server,
+    spawn_websocat_server_tls, spawn_wsup_forward, spawn_wsup_forward_tls, spawn_wsup_serve_tls,
     spawn_wsup_serve_with,
 };
 use crate::report::{median, ms, Report};
@@ -174,6 +175,23 @@ enum Side {
     Websocat,
     /// [`plain_tunnel_child`]: tokio-tungstenite and nothing else.
     Plain,
+    /// [`relay_child`]: a plain TCP relay, no websocket; client and server side together
+    /// make the relay chain, the ceiling of a tunnel with these hops.
+    Relay,
+    /// `wsup port-forward wss://… --ca-cert` or `wsup serve --tls-cert …`.
+    WsupTls,
+    /// `websocat -b -k tcp-l:… wss://…` or `websocat -b --pkcs12-der … wss-l:… tcp:…`.
+    WebsocatTls,
+}
+
+/// How many connections a row of the forward section moves its bytes over at once.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Width {
+    One,
+    /// [`PARALLEL`].
+    Parallel,
+    /// `WSUP_BENCH_TUNNELS_MANY` (32 by default).
+    Many,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -224,6 +242,23 @@ fn tunnel_run(
                     procs.push(p);
                     addr
                 }
+                Side::Relay => {
+                    let (p, addr) =
+                        spawn_plain("relay", far.addr).ok_or("the second relay did not start")?;
+                    procs.push(p);
+                    addr
+                }
+                Side::WsupTls => {
+                    let (p, addr) = spawn_wsup_serve_tls(&format!("forward:{}", far.addr), None);
+                    procs.push(p);
+                    addr
+                }
+                Side::WebsocatTls => {
+                    let (p, addr) =
+                        spawn_websocat_server_tls(websocat.ok_or("no websocat")?, far.addr)?;
+                    procs.push(p);
+                    addr
+                }
             };
             match client {
                 Side::Wsup | Side::WsupTwoWorkers => {
@@ -241,6 +276,23 @@ fn tunnel_run(
                 Side::Plain => {
                     let (p, addr) = spawn_plain("plain-client", ws)
                         .ok_or("the plain tunnel client did not start")?;
+                    procs.push(p);
+                    addr
+                }
+                Side::Relay => {
+                    let (p, addr) =
+                        spawn_plain("relay", ws).ok_or("the first relay did not start")?;
+                    procs.push(p);
+                    addr
+                }
+                Side::WsupTls => {
+                    let (p, addr) = spawn_wsup_forward_tls(ws, None);
+                    procs.push(p);
+                    addr
+                }
+                Side::WebsocatTls => {
+                    let (p, addr) = spawn_websocat_client_tls(websocat.ok_or("no websocat")?, ws)
+                        .ok_or("websocat tcp-l (wss) did not start")?;
                     procs.push(p);
                     addr
                 }
@@ -283,6 +335,7 @@ pub(crate) struct Combo {
     pub(crate) direction: Direction,
     client: Option<Side>,
     server: Option<Side>,
+    width: Width,
     connections: usize,
 }
 
@@ -291,50 +344,86 @@ const PARALLEL: usize = 4;
 
 /// The tunnels of the forward section, in both directions: (name, client side, server
 /// side, connections at once); `None` for both sides is direct TCP.
-const TUNNELS: [(&str, Option<Side>, Option<Side>, usize); 9] = [
-    ("direct TCP", None, None, 1),
+const TUNNELS: [(&str, Option<Side>, Option<Side>, Width); 15] = [
+    ("direct TCP", None, None, Width::One),
     (
         "wsup port-forward → wsup serve",
         Some(Side::Wsup),
         Some(Side::Wsup),
-        1,
+        Width::One,
     ),
     (
         "websocat → websocat",
         Some(Side::Websocat),
         Some(Side::Websocat),
-        1,
+        Width::One,
     ),
     (
         "plain tokio-tungstenite pair",
         Some(Side::Plain),
         Some(Side::Plain),
-        1,
+        Width::One,
+    ),
+    (
+        "relay chain (two plain TCP relays)",
+        Some(Side::Relay),
+        Some(Side::Relay),
+        Width::One,
     ),
     (
         "wsup port-forward → websocat",
         Some(Side::Wsup),
         Some(Side::Websocat),
-        1,
+        Width::One,
     ),
     (
         "websocat → wsup serve",
         Some(Side::Websocat),
         Some(Side::Wsup),
-        1,
+        Width::One,
     ),
-    ("parallel: direct TCP", None, None, PARALLEL),
+    (
+        "wss: wsup pair",
+        Some(Side::WsupTls),
+        Some(Side::WsupTls),
+        Width::One,
+    ),
+    (
+        "wss: websocat pair",
+        Some(Side::WebsocatTls),
+        Some(Side::WebsocatTls),
+        Width::One,
+    ),
+    ("parallel: direct TCP", None, None, Width::Parallel),
     (
         "parallel: wsup pair",
         Some(Side::Wsup),
         Some(Side::Wsup),
-        PARALLEL,
+        Width::Parallel,
     ),
     (
         "parallel: wsup pair, two workers",
         Some(Side::WsupTwoWorkers),
         Some(Side::WsupTwoWorkers),
-        PARALLEL,
+        Width::Parallel,
+    ),
+    (
+        "many: relay chain",
+        Some(Side::Relay),
+        Some(Side::Relay),
+        Width::Many,
+    ),
+    (
+        "many: wsup pair",
+        Some(Side::Wsup),
+        Some(Side::Wsup),
+        Width::Many,
+    ),
+    (
+        "many: wsup pair, two workers",
+        Some(Side::WsupTwoWorkers),
+        Some(Side::WsupTwoWorkers),
+        Width::Many,
     ),
 ];
 
@@ -351,15 +440,20 @@ pub(crate) fn bench_forward(
         .flat_map(|direction| {
             TUNNELS
                 .iter()
-                .map(move |&(name, client, server, connections)| Combo {
+                .map(move |&(name, client, server, width)| Combo {
                     name,
                     direction,
                     client,
                     server,
-                    connections,
+                    width,
+                    connections: match width {
+                        Width::One => 1,
+                        Width::Parallel => PARALLEL,
+                        Width::Many => settings.tunnels_many,
+                    },
                 })
         })
-        .filter(|c| settings.wants_tunnel(c))
+        .filter(|c| c.connections > 0 && settings.wants_tunnel(c))
         .collect();
     // Interleaved repetitions, so that a burst of load elsewhere on the machine hits
     // every configuration alike; the median of each is reported.
@@ -367,7 +461,8 @@ pub(crate) fn bench_forward(
     let mut errors: Vec<Option<String>> = vec![None; combos.len()];
     for rep in 0..settings.forward_reps {
         for (i, c) in combos.iter().enumerate() {
-            if (c.client == s || c.server == s) && ws.is_none() {
+            let websocat_side = |side| side == s || side == Some(Side::WebsocatTls);
+            if (websocat_side(c.client) || websocat_side(c.server)) && ws.is_none() {
                 continue;
             }
             // Direct TCP is cheap and its rate swings with where the scheduler puts the
@@ -429,14 +524,14 @@ pub(crate) fn bench_forward(
                 direction: Direction,
                 client: Option<Side>,
                 server: Option<Side>,
-                connections: usize| {
+                width: Width| {
         combos
             .iter()
             .position(|c| {
                 c.direction == direction
                     && c.client == client
                     && c.server == server
-                    && c.connections == connections
+                    && c.width == width
             })
             .and_then(|i| values[i])
     };
@@ -452,7 +547,7 @@ pub(crate) fn bench_forward(
             Direction::Up => "up (local → far end)",
             Direction::Down => "down (far end → local)",
         };
-        let rate = |client, server| find(&rates, direction, client, server, 1);
+        let rate = |client, server| find(&rates, direction, client, server, Width::One);
         let (direct, pair, websocat_pair, plain_pair) =
             (rate(None, None), rate(w, w), rate(s, s), rate(p, p));
         if pair.is_none() {
@@ -500,10 +595,40 @@ pub(crate) fn bench_forward(
             "(information)",
             None,
         );
+        let relay = Some(Side::Relay);
+        let relay_chain = rate(relay, relay);
+        let r = ratio(pair, relay_chain);
+        report.row(
+            "forward",
+            format!(
+                "{size} {dir}, wsup pair vs relay chain (two plain TCP relays, 64 KiB buffers, same hops, no websocket)"
+            ),
+            fmt(pair),
+            format!("{} relay chain", fmt(relay_chain)),
+            r,
+            "≥ 0.95×",
+            r.map(|r| r >= 0.95),
+        );
+        let (wsup_tls, websocat_tls) = (Some(Side::WsupTls), Some(Side::WebsocatTls));
+        let (wss_pair, wss_websocat) = (rate(wsup_tls, wsup_tls), rate(websocat_tls, websocat_tls));
+        if wss_pair.is_some() {
+            let r = ratio(wss_pair, wss_websocat);
+            report.row(
+                "forward",
+                format!(
+                    "{size} {dir}, wss://: wsup pair vs websocat pair (websocat client with -k)"
+                ),
+                fmt(wss_pair),
+                format!("{} websocat", fmt(wss_websocat)),
+                r,
+                "≥ 1.0×",
+                r.map(|r| r >= 1.0),
+            );
+        }
         // "820 ms (100 ms user)": all of it, and the part in user space.
         let cpu = |client, server| {
-            let all = find(&cpus, direction, client, server, 1);
-            match find(&user_cpus, direction, client, server, 1) {
+            let all = find(&cpus, direction, client, server, Width::One);
+            match find(&user_cpus, direction, client, server, Width::One) {
                 Some(user) if all.is_some() => format!("{} ({user:.0} ms user)", fmt_cpu(all)),
                 _ => fmt_cpu(all),
             }
@@ -514,16 +639,21 @@ pub(crate) fn bench_forward(
                 "{size} {dir}, CPU time of both tunnel processes per GiB moved (lower is better)"
             ),
             cpu(w, w),
-            format!("{} plain, {} websocat", cpu(p, p), cpu(s, s)),
+            format!(
+                "{} plain, {} websocat, {} relay chain",
+                cpu(p, p),
+                cpu(s, s),
+                cpu(relay, relay)
+            ),
             ratio(
-                find(&cpus, direction, w, w, 1),
-                find(&cpus, direction, p, p, 1),
+                find(&cpus, direction, w, w, Width::One),
+                find(&cpus, direction, p, p, Width::One),
             ),
             "(information)",
             None,
         );
         let w2 = Some(Side::WsupTwoWorkers);
-        let parallel = |client, server| find(&rates, direction, client, server, PARALLEL);
+        let parallel = |client, server| find(&rates, direction, client, server, Width::Parallel);
         let (one_worker, two_workers, direct) =
             (parallel(w, w), parallel(w2, w2), parallel(None, None));
         if one_worker.is_some() {
@@ -543,6 +673,29 @@ pub(crate) fn bench_forward(
                 None,
             );
         }
+        let many = |client, server| find(&rates, direction, client, server, Width::Many);
+        let (one_worker, two_workers, relays) = (many(w, w), many(w2, w2), many(relay, relay));
+        let n = settings.tunnels_many;
+        for (what, wsup, target) in [
+            ("one runtime worker (the default)", one_worker, Some(0.9)),
+            ("two workers", two_workers, None),
+        ] {
+            if wsup.is_none() {
+                continue;
+            }
+            let r = ratio(wsup, relays);
+            report.row(
+                "forward",
+                format!(
+                    "{size} {dir} over {n} busy tunnels at once (one port-forward, one serve), in all: wsup pair with {what} vs {n} relay chains"
+                ),
+                fmt(wsup),
+                format!("{} relay chains", fmt(relays)),
+                r,
+                target.map_or("(information)".to_owned(), |t| format!("≥ {t}×")),
+                target.and_then(|t| r.map(|r| r >= t)),
+            );
+        }
     }
     if let Err(why) = websocat {
         report.note(why.clone());
@@ -554,6 +707,7 @@ pub(crate) fn bench_forward(
             json!({
                 "tunnel": c.name,
                 "direction": format!("{:?}", c.direction),
+                "connections": c.connections,
                 "median_mib_s": rates[i],
                 "median_tunnel_cpu_ms_per_gib": cpus[i],
                 "median_tunnel_user_cpu_ms_per_gib": user_cpus[i],

@@ -11,8 +11,10 @@
 //!
 //! - `forward`: port-forward throughput, 1 GiB through one tunnel in 64 KiB writes: the
 //!   `wsup port-forward` + `wsup serve forward:` pair against direct TCP, against a
-//!   websocat pair in the same roles and against a plain tokio-tungstenite pair; each wsup
-//!   side against websocat in its role; and the CPU time the tunnel processes spend.
+//!   websocat pair in the same roles, against a plain tokio-tungstenite pair and against
+//!   a chain of two plain TCP relays (the ceiling); each wsup side against websocat in its
+//!   role; both pairs over `wss://`; 4 and 32 busy tunnels at once; and the CPU time the
+//!   tunnel processes spend.
 //! - `rate`: messages through a supervised client (`wsup::Supervisor` and a session)
 //!   against a bare tokio-tungstenite client, same echo server (`wsup serve`).
 //! - `memory`: RSS per idle supervised connection, 10,000 of them in one process (a
@@ -29,7 +31,7 @@
 //!
 //! Other knobs: `WSUP_BENCH_FORWARD_MIB`, `WSUP_BENCH_REPS`, `WSUP_BENCH_TUNNELS`,
 //! `WSUP_BENCH_DIRECTION`, `WSUP_BENCH_IDLE_CONNS`, `WSUP_BENCH_STORM`,
-//! `WSUP_BENCH_IDLE_WINDOW_MS`.
+//! `WSUP_BENCH_IDLE_WINDOW_MS`, `WSUP_BENCH_TUNNELS_MANY`.
 //!
 //! Layout: this file reads the knobs and runs the sections; each section is a module
 //! (`forward`, `rate`, `memory`, `reconnect`, `signals`, `storm`), and what they share is
@@ -49,7 +51,7 @@ mod system;
 
 use crate::forward::{bench_forward, Combo};
 use crate::memory::{bench_memory, memory_child};
-use crate::procs::{find_websocat, plain_tunnel_child};
+use crate::procs::{find_websocat, plain_tunnel_child, relay_child};
 use crate::rate::bench_rate;
 use crate::reconnect::bench_reconnect;
 use crate::report::Report;
@@ -83,6 +85,9 @@ struct Settings {
     tunnels: Option<Vec<String>>,
     /// `WSUP_BENCH_DIRECTION=up` or `down`: the forward section in one direction only.
     direction: Option<String>,
+    /// `WSUP_BENCH_TUNNELS_MANY`: how many busy tunnels the "many" rows of the forward
+    /// section run at once (default 32; 0 leaves those rows out).
+    tunnels_many: usize,
 }
 
 fn env_list(name: &str) -> Option<Vec<String>> {
@@ -130,6 +135,7 @@ impl Settings {
             direction: std::env::var("WSUP_BENCH_DIRECTION")
                 .ok()
                 .map(|d| d.trim().to_lowercase()),
+            tunnels_many: env_u64("WSUP_BENCH_TUNNELS_MANY").unwrap_or(32) as usize,
         }
     }
 
@@ -166,6 +172,8 @@ fn main() {
     if let Ok(spec) = std::env::var("WSUP_BENCH_CHILD") {
         if spec.starts_with("plain-") {
             plain_tunnel_child(&spec);
+        } else if spec.starts_with("relay ") {
+            relay_child(&spec);
         } else {
             memory_child(&spec);
         }

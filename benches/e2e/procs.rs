@@ -1,14 +1,14 @@
 //! Child processes of the bench: `wsup serve`/`wsup port-forward`, websocat, and a plain
-//! tokio-tungstenite tunnel (this bench binary re-run as a child).
+//! tokio-tungstenite tunnel and a plain TCP relay (this bench binary re-run as a child).
 
 use crate::system::{free_port, wait_listening};
 use crate::{CHUNK, WSUP};
 use futures_util::{SinkExt, StreamExt};
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -98,15 +98,58 @@ pub(crate) fn spawn_wsup_serve_with(script: &str, workers: Option<usize>) -> (Pr
     (proc, url.parse().expect("host:port"))
 }
 
+/// The test certificate (for `localhost` and 127.0.0.1), its key and the CA that signed
+/// it: the `wss://` rows of the forward section.
+pub(crate) fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// `wsup serve --script SCRIPT --tls-cert … --tls-key …` (the test certificate) on a free
+/// port: (process, wss address).
+pub(crate) fn spawn_wsup_serve_tls(script: &str, workers: Option<usize>) -> (Proc, SocketAddr) {
+    let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
+    let mut child = wsup_command_with_workers(workers)
+        .args(["serve", "--listen", "127.0.0.1:0", "--script", script])
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn wsup serve --tls-cert");
+    let stdout = child.stdout.take().expect("piped");
+    let proc = Proc { child };
+    let url = first_line(stdout, |l| {
+        l.trim()
+            .strip_prefix("wss://")
+            .map(|rest| rest.trim_end_matches('/').to_owned())
+    })
+    .expect("wsup serve prints its URL");
+    (proc, url.parse().expect("host:port"))
+}
+
 /// `wsup port-forward ws://SERVER/ --listen 127.0.0.1:0`: (process, listen address).
 pub(crate) fn spawn_wsup_forward(server: SocketAddr, workers: Option<usize>) -> (Proc, SocketAddr) {
+    spawn_wsup_forward_to(&format!("ws://{server}/"), &[], workers)
+}
+
+/// `wsup port-forward wss://localhost:PORT/ --ca-cert tests/fixtures/ca.pem`.
+pub(crate) fn spawn_wsup_forward_tls(
+    server: SocketAddr,
+    workers: Option<usize>,
+) -> (Proc, SocketAddr) {
+    let ca = fixture("ca.pem");
+    let url = format!("wss://localhost:{}/", server.port());
+    spawn_wsup_forward_to(&url, &["--ca-cert", &ca.to_string_lossy()], workers)
+}
+
+fn spawn_wsup_forward_to(url: &str, extra: &[&str], workers: Option<usize>) -> (Proc, SocketAddr) {
     let mut child = wsup_command_with_workers(workers)
-        .args([
-            "port-forward",
-            &format!("ws://{server}/"),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["port-forward", url, "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -216,6 +259,72 @@ pub(crate) fn spawn_websocat_server(
     Some((proc, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
+/// A PKCS#12 archive of the test certificate and key (`openssl pkcs12 -export`, empty
+/// password) under `target/bench/`, which `websocat --pkcs12-der` needs to serve
+/// `wss://`; made once. `Err` says why websocat cannot serve TLS here.
+pub(crate) fn websocat_pkcs12() -> Result<PathBuf, String> {
+    static MADE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let dir = crate::target_dir().join("bench");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("localhost.p12");
+        let status = Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:", "-out"])
+            .arg(&path)
+            .arg("-inkey")
+            .arg(fixture("localhost-key.pem"))
+            .arg("-in")
+            .arg(fixture("localhost-cert.pem"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => Ok(path),
+            Ok(s) => Err(format!("openssl pkcs12 -export failed ({s})")),
+            Err(e) => Err(format!("openssl is needed for websocat's wss-l: ({e})")),
+        }
+    })
+    .clone()
+}
+
+/// `websocat -b --pkcs12-der P12 wss-l:127.0.0.1:PORT tcp:TARGET`: the server side of a
+/// tunnel over TLS.
+pub(crate) fn spawn_websocat_server_tls(
+    websocat: &Path,
+    target: SocketAddr,
+) -> Result<(Proc, SocketAddr), String> {
+    let pkcs12 = websocat_pkcs12()?;
+    let port = free_port();
+    let args = vec![
+        "-b".to_owned(),
+        "--pkcs12-der".to_owned(),
+        pkcs12.to_string_lossy().into_owned(),
+        format!("wss-l:127.0.0.1:{port}"),
+        format!("tcp:{target}"),
+    ];
+    let proc = spawn_websocat(websocat, &args, port).ok_or("websocat wss-l did not start")?;
+    Ok((proc, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// `websocat -b -k tcp-l:127.0.0.1:PORT wss://localhost:PORT/`: the client side of a
+/// tunnel over TLS. `-k` (no certificate check): websocat 1.13 has no option to trust
+/// one more CA.
+pub(crate) fn spawn_websocat_client_tls(
+    websocat: &Path,
+    server: SocketAddr,
+) -> Option<(Proc, SocketAddr)> {
+    let port = free_port();
+    let args = vec![
+        "-b".to_owned(),
+        "-k".to_owned(),
+        format!("tcp-l:127.0.0.1:{port}"),
+        format!("wss://localhost:{}/", server.port()),
+    ];
+    let proc = spawn_websocat(websocat, &args, port)?;
+    Some((proc, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
 /// `websocat -b tcp-l:127.0.0.1:PORT ws://SERVER/`: the client side of a tunnel.
 pub(crate) fn spawn_websocat_client(
     websocat: &Path,
@@ -320,6 +429,53 @@ async fn plain_pipe(
     up.abort();
 }
 
+/// The ceiling of a user-space tunnel with the hops of a websocket pair, without the
+/// websocket: `relay FAR_ADDR` listens on TCP, connects each accepted connection to
+/// FAR_ADDR and copies both ways, one std thread per direction with a 64 KiB buffer (what
+/// `socat -b 65536` does). Two of them in a row make the relay chain of the forward
+/// section. It prints `LISTEN host:port` on stdout.
+pub(crate) fn relay_child(spec: &str) {
+    let target = spec
+        .split_whitespace()
+        .nth(1)
+        .expect("relay FAR_ADDR")
+        .to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("LISTEN {}", listener.local_addr().expect("addr"));
+    for accepted in listener.incoming() {
+        let Ok(near) = accepted else { continue };
+        let Ok(far) = TcpStream::connect(&target) else {
+            continue;
+        };
+        let _ = near.set_nodelay(true);
+        let _ = far.set_nodelay(true);
+        let (Ok(near_writer), Ok(far_writer)) = (near.try_clone(), far.try_clone()) else {
+            continue;
+        };
+        std::thread::spawn(move || relay_copy(near, far_writer));
+        std::thread::spawn(move || relay_copy(far, near_writer));
+    }
+}
+
+/// Copies until EOF or an error, then passes the EOF on.
+fn relay_copy(mut from: TcpStream, mut to: TcpStream) {
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// This bench binary again as a child process (`WSUP_BENCH_CHILD="ROLE TARGET"`: the
+/// plain tunnel's `plain-client`/`plain-server`, or `relay`): (process, the address it
+/// listens on).
 pub(crate) fn spawn_plain(role: &str, target: SocketAddr) -> Option<(Proc, SocketAddr)> {
     let exe = std::env::current_exe().ok()?;
     let mut child = Command::new(exe)
