@@ -139,6 +139,12 @@ pub struct ServeArgs {
     /// `expires_in` of the tokens issued by /oauth/token (at most 1 day).
     #[arg(long, value_parser = parse_bounded_duration, default_value = "1h")]
     pub token_ttl: Duration,
+    /// Serve wss:// (and https:// tokens) with this PEM certificate chain.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -52,7 +52,7 @@ fn main() {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     // wsup is I/O-bound: with one worker, the driver and its session hand frames over on
     // the same thread instead of waking each other across cores (downstream port-forward
-    // measured 1.19× faster in benches/e2e.rs). TOKIO_WORKER_THREADS still wins.
+    // measured 1.19× faster in benches/e2e/). TOKIO_WORKER_THREADS still wins.
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);
     }
@@ -69,7 +69,7 @@ fn main() {
     };
     // The supervisor runs as a spawned task, on a worker thread, next to its session:
     // polled from `block_on` on the main thread instead, every message would cross
-    // threads (round trips measured 0.64× of the library's in benches/e2e.rs).
+    // threads (round trips measured 0.64× of the library's in benches/e2e/).
     let code = runtime
         .block_on(async { tokio::spawn(run(cli, given)).await })
         .unwrap_or(EXIT_INTERNAL);
@@ -506,8 +506,19 @@ async fn serve(args: ServeArgs) -> u8 {
         token_ttl: args.token_ttl,
         ..wsup::serve::ServeOptions::new(args.listen, script)
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match wsup::serve::tls_acceptor(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(e) => return usage_error(e),
+        },
+        _ => None,
+    };
     let mut signals = process_signals();
-    let server = match wsup::serve::start(options).await {
+    let started = match tls {
+        Some(tls) => wsup::serve::start_tls(options, tls).await,
+        None => wsup::serve::start(options).await,
+    };
+    let server = match started {
         Ok(s) => s,
         Err(e) => {
             eprint_message(

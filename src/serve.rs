@@ -33,6 +33,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -456,6 +461,8 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept_loop: JoinHandle<()>,
+    /// Serving `wss://` (see [`start_tls`]).
+    tls: bool,
 }
 
 impl fmt::Debug for ServerHandle {
@@ -473,14 +480,16 @@ impl ServerHandle {
         self.shared.lock().stats.clone()
     }
 
-    /// `ws://ADDR/`, the websocket endpoint.
+    /// `ws://ADDR/` (`wss://` with TLS), the websocket endpoint.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/", self.addr)
     }
 
-    /// `http://ADDR/oauth/token`, the token endpoint.
+    /// `http://ADDR/oauth/token` (`https://` with TLS), the token endpoint.
     pub fn token_url(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}{TOKEN_PATH}", self.addr)
     }
 
     /// Issues a new token as `/oauth/token` would, without HTTP: the in-process demo's
@@ -504,6 +513,45 @@ impl ServerHandle {
 
 /// Binds `opts.listen`, starts serving in the background and returns at once.
 pub async fn start(opts: ServeOptions) -> io::Result<ServerHandle> {
+    start_with(opts, None).await
+}
+
+/// [`start`], serving `wss://` (and the token endpoint over `https://`): every accepted
+/// connection does the TLS handshake first, bounded like reading the request.
+pub async fn start_tls(opts: ServeOptions, tls: TlsAcceptor) -> io::Result<ServerHandle> {
+    start_with(opts, Some(tls)).await
+}
+
+/// A TLS acceptor from a PEM certificate chain (the server's certificate first) and a
+/// PEM private key (`wsup serve --tls-cert FILE --tls-key FILE`). `Err` says which file
+/// is wrong and why.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor, String> {
+    let cert_pem = std::fs::read(cert)
+        .map_err(|e| format!("--tls-cert {}: cannot read it: {e}", cert.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--tls-cert {}: not a valid PEM file: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key_pem = std::fs::read(key)
+        .map_err(|e| format!("--tls-key {}: cannot read it: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("--tls-key {}: no usable private key: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn start_with(opts: ServeOptions, tls: Option<TlsAcceptor>) -> io::Result<ServerHandle> {
     opts.script
         .validate()
         .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
@@ -511,13 +559,20 @@ pub async fn start(opts: ServeOptions) -> io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(opts));
     let (stop, stop_requested) = watch::channel(false);
-    let accept_loop = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stop_requested));
-    info!(%addr, script = %shared.script, "serving");
+    let serves_tls = tls.is_some();
+    let accept_loop = tokio::spawn(accept_loop(
+        listener,
+        Arc::clone(&shared),
+        stop_requested,
+        tls,
+    ));
+    info!(%addr, script = %shared.script, tls = serves_tls, "serving");
     Ok(ServerHandle {
         addr,
         shared,
         stop,
         accept_loop,
+        tls: serves_tls,
     })
 }
 
@@ -662,6 +717,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop_requested: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     // Connection tasks live in the set so that shutdown can drop them all and wait for it.
     let mut connections = JoinSet::new();
@@ -672,7 +728,8 @@ async fn accept_loop(
             _ = stop_requested.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(handle_connection(stream, peer, Arc::clone(&shared)));
+                    let tls = tls.clone();
+                    connections.spawn(handle_connection(stream, peer, Arc::clone(&shared), tls));
                 }
                 Err(error) => {
                     // Typically out of file descriptors: pause instead of spinning on it.
@@ -708,7 +765,20 @@ impl From<tokio::time::error::Elapsed> for ConnectionError {
     }
 }
 
-async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+) {
+    let stream = match tls {
+        None => ServerStream::Tcp(stream),
+        Some(tls) => match timeout(REQUEST_READ_TIMEOUT, tls.accept(stream)).await {
+            Ok(Ok(stream)) => ServerStream::Tls(Box::new(stream)),
+            Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => return debug!(%peer, "timed out in the TLS handshake"),
+        },
+    };
     match serve_connection(stream, &shared).await {
         Ok(()) => debug!(%peer, "connection done"),
         Err(error) => debug!(%peer, %error, "connection ended with an error"),
@@ -716,7 +786,7 @@ async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shar
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     shared: &Arc<Shared>,
 ) -> Result<(), ConnectionError> {
     let head = match timeout(REQUEST_READ_TIMEOUT, read_request_head(&mut stream)).await? {
@@ -765,7 +835,7 @@ async fn serve_connection(
 }
 
 async fn run_step(
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     bytes_read: BytesMut,
     target: &str,
     step: Step,
@@ -807,14 +877,14 @@ async fn run_step(
     }
 }
 
-type ServerSocket = WebSocketStream<Replayed<TcpStream>>;
+type ServerSocket = WebSocketStream<Replayed<ServerStream>>;
 
 /// Runs the websocket handshake over the request bytes already read plus the rest of the
 /// stream. Offers back the first subprotocol the client asked for, because a client that
 /// asks for one fails the handshake when the answer has none.
 #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
 async fn upgrade(
-    stream: TcpStream,
+    stream: ServerStream,
     bytes_read: BytesMut,
     shared: &Arc<Shared>,
 ) -> Result<ServerSocket, tungstenite::Error> {
@@ -1127,7 +1197,7 @@ async fn forward(ws: ServerSocket, target: &str) -> Result<(), ConnectionError> 
 // Token endpoint
 
 async fn serve_token_request(
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     head: RequestHead,
     shared: &Shared,
 ) -> Result<(), ConnectionError> {
@@ -1164,7 +1234,7 @@ impl TokenReply {
 
 /// The request body, or the reply that rejects the request before the body matters.
 async fn read_token_request_body(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     head: &RequestHead,
 ) -> Result<Result<Vec<u8>, TokenReply>, ConnectionError> {
     if head.method != "POST" {
@@ -1272,7 +1342,7 @@ enum HeadError {
 
 /// Reads up to the end of the request head. `Ok(None)`: the client closed without sending
 /// anything.
-async fn read_request_head(stream: &mut TcpStream) -> Result<Option<RequestHead>, HeadError> {
+async fn read_request_head(stream: &mut ServerStream) -> Result<Option<RequestHead>, HeadError> {
     let mut bytes_read = BytesMut::with_capacity(1024);
     let mut searched = 0;
     loop {
@@ -1359,7 +1429,7 @@ fn parse_request_head(bytes_read: BytesMut, head_len: usize) -> Result<RequestHe
 /// Writes a complete response and closes the sending side: every response here ends
 /// the connection.
 async fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     status: u16,
     headers: &[(&str, &str)],
     content_type: &str,
@@ -1391,6 +1461,71 @@ async fn write_response(
 
 /// A stream that first yields bytes already read from `inner`, then reads `inner`: the
 /// handshake parser sees the request head that routing consumed.
+/// An accepted connection: plain TCP, or TLS when the server was started with
+/// [`start_tls`].
+enum ServerStream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerStream::Tcp(s) => s.is_write_vectored(),
+            ServerStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 struct Replayed<S> {
     already_read: Bytes,
     inner: S,

@@ -751,3 +751,77 @@ async fn a_client_that_leaves_during_a_hanging_dial_ends_its_tunnel_at_once() {
     assert_eq!(server.connection_count(), 1);
     stop(forward, "TERM", 143).await;
 }
+
+// ------------------------------------------- wss:// through `wsup serve --tls-cert`
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn serve_tls_forwards_over_wss_trusting_the_test_ca() {
+    let target = echo_target().await;
+    let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
+    let script = format!("forward:{target}");
+    let serve = Wsup::spawn([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--script",
+        &script,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let url = serve.first_stdout_line().await;
+    assert!(url.starts_with("wss://127.0.0.1:"), "serve printed {url:?}");
+    let (forward, listen) = port_forward(&url, &["--ca-cert", &fixture("ca.pem")]).await;
+    drop(round_trip(listen, &payload(MIB, 7)).await);
+    stop(forward, "TERM", 143).await;
+    stop(serve, "TERM", 143).await;
+}
+
+#[tokio::test]
+async fn serve_tls_with_a_file_that_holds_no_key_exits_2() {
+    let done = Wsup::spawn([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &fixture("localhost-cert.pem"),
+        "--tls-key",
+        &fixture("ca.pem"),
+    ])
+    .finish()
+    .await;
+    done.assert_code(2)
+        .assert_stderr_contains("--tls-key")
+        .assert_stderr_contains("no usable private key");
+}
+
+#[tokio::test]
+async fn serve_tls_with_an_unreadable_cert_exits_2() {
+    let done = Wsup::spawn([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &fixture("no-such-cert.pem"),
+        "--tls-key",
+        &fixture("localhost-key.pem"),
+    ])
+    .finish()
+    .await;
+    done.assert_code(2)
+        .assert_stderr_contains("--tls-cert")
+        .assert_stderr_contains("cannot read it");
+}
+
+#[tokio::test]
+async fn serve_tls_cert_without_a_key_is_a_usage_error() {
+    let done = Wsup::spawn(["serve", "--tls-cert", &fixture("localhost-cert.pem")])
+        .finish()
+        .await;
+    done.assert_code(2).assert_stderr_contains("--tls-key");
+}
