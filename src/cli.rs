@@ -89,6 +89,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// A one-command tour: supervise a connection through a series of faults.
     Demo,
+    /// Print the supervisor's state machine, explored from the machine itself.
+    ///
+    /// Every event (failures of every class) is fed to every reachable state; the
+    /// transitions that occur are drawn with their conditions, superstates as clusters.
+    States {
+        /// mermaid (stateDiagram-v2) or dot (graphviz: `wsup states --format dot | dot -Tsvg`)
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: crate::states::DiagramFormat,
+    },
 }
 
 const SCRIPT_HELP: &str = "Comma-separated steps; connection N gets step N, the last one \

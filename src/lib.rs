@@ -14,6 +14,7 @@ pub mod machine;
 pub mod report;
 pub mod serve;
 pub mod session;
+pub mod states;
 pub mod tls;
 pub mod transport;
 
