@@ -764,14 +764,13 @@ impl Diagram {
     fn finals(&self) -> Vec<&'static str> {
         self.states
             .iter()
-            .map(|(name, _)| *name)
-            .filter(|name| {
-                let chain = &self.states.iter().find(|(n, _)| n == name).unwrap().1;
+            .filter(|(name, chain)| {
                 !self
                     .edges
                     .iter()
                     .any(|e| e.from == *name || chain.contains(&e.from))
             })
+            .map(|(name, _)| *name)
             .collect()
     }
 
