@@ -47,6 +47,11 @@ pub struct Diagram {
     /// Every state name, in discovery order, with its superstates innermost first.
     pub states: Vec<(&'static str, Vec<&'static str>)>,
     pub edges: Vec<Edge>,
+    /// Where the same event, in the same named state with the same features, led to
+    /// different places: the machine decided on something this module's `FEATURES` do not name, so
+    /// the conditions drawn would be incomplete. Empty for the current machine (a test
+    /// checks); a new guard in the machine needs a feature here.
+    pub ambiguities: Vec<String>,
 }
 
 /// One arrow: `from` is a state or a superstate (an edge every state inside it has).
@@ -548,8 +553,20 @@ fn derive(exploration: Exploration, probes: &[Probe]) -> Diagram {
             .or_default()
             .insert(o.to);
     }
+    let mut ambiguities = Vec::new();
     let mut raw = BTreeSet::new();
     for ((from, label, refined), outcomes) in &groups {
+        for (features, targets) in outcomes {
+            if targets.len() > 1 {
+                let literals: Vec<Literal> = features.iter().copied().enumerate().collect();
+                ambiguities.push(format!(
+                    "{from} on {} {} [{}] goes to {targets:?}",
+                    label.kind,
+                    label.representative,
+                    condition_text(&literals)
+                ));
+            }
+        }
         let targets: BTreeSet<&str> = outcomes.values().flatten().flatten().copied().collect();
         for to in targets {
             let reaching: Vec<Features> = outcomes
@@ -602,6 +619,7 @@ fn derive(exploration: Exploration, probes: &[Probe]) -> Diagram {
     Diagram {
         states: exploration.states,
         edges,
+        ambiguities,
     }
 }
 

@@ -38,6 +38,16 @@ fn output_is_deterministic() {
 }
 
 #[test]
+fn every_difference_in_behaviour_is_explained_by_a_drawn_condition() {
+    let ambiguities = explore().ambiguities;
+    assert!(
+        ambiguities.is_empty(),
+        "the machine decides on something src/states.rs's FEATURES does not name:\n{}",
+        ambiguities.join("\n")
+    );
+}
+
+#[test]
 fn mermaid_names_every_state_with_its_superstates() {
     let mermaid = render(DiagramFormat::Mermaid);
     assert!(mermaid.starts_with("stateDiagram-v2\n"), "{mermaid}");
