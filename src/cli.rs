@@ -117,6 +117,15 @@ pub enum Command {
     },
     /// Print the manual page (roff) on stdout: `wsup man > ~/.local/share/man/man1/wsup.1`.
     Man,
+    /// Print the supervisor's state machine, explored from the machine itself.
+    ///
+    /// Every event (failures of every class) is fed to every reachable state; the
+    /// transitions that occur are drawn with their conditions, superstates as clusters.
+    States {
+        /// mermaid (stateDiagram-v2) or dot (graphviz: `wsup states --format dot | dot -Tsvg`)
+        #[arg(long, value_enum, default_value = "mermaid")]
+        format: crate::states::DiagramFormat,
+    },
 }
 
 const SCRIPT_HELP: &str = "Comma-separated steps; connection N gets step N, the last one \
@@ -139,10 +148,11 @@ pub struct ServeArgs {
     /// `expires_in` of the tokens issued by /oauth/token (at most 1 day).
     #[arg(long, value_parser = parse_bounded_duration, default_value = "1h")]
     pub token_ttl: Duration,
-    /// Serve wss:// (and https:// tokens) with this PEM certificate chain.
+    /// Serve wss:// (and https:// tokens) with this PEM certificate chain [default: plain
+    /// ws:// and http://].
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert.
+    /// The PEM private key of --tls-cert [default: none, with no --tls-cert].
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 }
@@ -457,6 +467,7 @@ pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), U
         Command::Serve(_) => ("serve", &[]),
         Command::Completions { .. } => ("completions", &[]),
         Command::Man => ("man", &[]),
+        Command::States { .. } => ("states", &[]),
     };
     let refused: Vec<String> = given
         .iter()

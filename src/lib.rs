@@ -15,6 +15,7 @@ pub mod manual;
 pub mod report;
 pub mod serve;
 pub mod session;
+pub mod states;
 pub mod tls;
 pub mod transport;
 

@@ -273,6 +273,16 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
                 }
             }
         }
+        Command::States { format } => {
+            let diagram = wsup::states::render(format);
+            match std::io::stdout().write_all(diagram.as_bytes()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("wsup states: cannot write the diagram: {e}");
+                    74
+                }
+            }
+        }
     }
 }
 
