@@ -75,7 +75,8 @@ async fn main() -> Result<(), String> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let outcome = wsup::Supervisor::new(config(&format!("{base}/getCaseCount"))?)
         .run(Collect(got.clone()))
-        .await;
+        .await
+        .map_err(|e| e.to_string())?;
     let first = got.lock().map_err(|e| e.to_string())?.first().cloned();
     let count: u32 = match first {
         Some(Message::Text(text)) => text
@@ -91,7 +92,8 @@ async fn main() -> Result<(), String> {
         let url = format!("{base}/runCase?case={case}&agent={agent}");
         let run = wsup::Supervisor::new(config(&url)?).run(Echo);
         match tokio::time::timeout(CASE_LIMIT, run).await {
-            Ok(outcome) => println!("case {case}: exit {} {outcome:?}", outcome.exit_code()),
+            Ok(Ok(outcome)) => println!("case {case}: exit {} {outcome:?}", outcome.exit_code()),
+            Ok(Err(bad_settings)) => return Err(bad_settings.to_string()),
             Err(_) => println!("case {case}: client gave up after {CASE_LIMIT:?}"),
         }
     }

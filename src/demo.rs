@@ -93,6 +93,7 @@ pub async fn run(notices: NoticeSink, signals: SignalWatch) -> Result<Outcome, S
         .on_notice(notices)
         .signals(signals)
         .run(PrintSession)
-        .await;
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(outcome)
 }

@@ -111,8 +111,13 @@ impl Dialer for Transport {
 /// ```no_run
 /// # async fn demo(config: wsup::Config, creds: std::sync::Arc<dyn wsup::credentials::Credentials>) {
 /// let session = wsup::session::connect::ConnectSession::stdio();
-/// let outcome = wsup::Supervisor::new(config).credentials(creds).run(session).await;
-/// std::process::exit(outcome.exit_code().into());
+/// match wsup::Supervisor::new(config).credentials(creds).run(session).await {
+///     Ok(outcome) => std::process::exit(outcome.exit_code().into()),
+///     Err(bad_settings) => {
+///         eprintln!("{bad_settings}");
+///         std::process::exit(2);
+///     }
+/// }
 /// # }
 /// ```
 pub struct Supervisor {
@@ -158,27 +163,27 @@ impl Supervisor {
         self
     }
 
-    /// Where SIGINT/SIGTERM come from. Defaults to the process's own signals.
+    /// Where SIGINT/SIGTERM come from. Without one the supervisor reacts to no signal and
+    /// installs no handler: an embedding program keeps its own Ctrl+C behaviour. The CLI
+    /// passes [`process_signals`].
     pub fn signals(mut self, signals: SignalWatch) -> Self {
         self.signals = Some(signals);
         self
     }
 
     /// Supervise until the session ends; returns how it ended.
-    pub async fn run<S: Session>(mut self, session: S) -> Outcome {
+    ///
+    /// Invalid transport settings (see [`Transport::new`]) come back as `Err` before
+    /// anything runs: the session is not started and nothing is dialed.
+    pub async fn run<S: Session>(
+        mut self,
+        session: S,
+    ) -> Result<Outcome, crate::transport::UsageError> {
         let transport = match self.transport.take() {
             Some(t) => t,
-            None => match Transport::new(self.config.transport.clone()) {
-                Ok(t) => t,
-                Err(e) => {
-                    return Outcome::Stopped {
-                        class: crate::classify::Class::Internal,
-                        failure: Failure::Internal(e.to_string()),
-                    }
-                }
-            },
+            None => Transport::new(self.config.transport.clone())?,
         };
-        self.run_with_dialer(transport, session).await
+        Ok(self.run_with_dialer(transport, session).await)
     }
 
     /// Like [`Supervisor::run`], dialing through `dialer` instead of the network.
@@ -195,7 +200,7 @@ impl Supervisor {
             dialer,
             url: self.config.url,
             notices: self.notices.unwrap_or_else(|| Arc::new(log_notice)),
-            signals: self.signals.unwrap_or_else(process_signals),
+            signals: self.signals.unwrap_or_else(no_signals),
             ends,
             conn: None,
             dialing: None,
@@ -217,6 +222,11 @@ impl Supervisor {
 
 fn log_notice(notice: &Notice) {
     tracing::info!(target: "wsup::notice", "{notice:?}");
+}
+
+/// A signal source that never fires (its sender is gone at once).
+fn no_signals() -> SignalWatch {
+    watch::channel(None).1
 }
 
 /// The process's SIGINT/SIGTERM, as a watch shared by every supervisor in the process.

@@ -172,12 +172,13 @@ async fn supervise<S: Session>(
     session: impl FnOnce() -> S,
 ) -> Result<Outcome, u8> {
     let prepared = common.prepare(url).map_err(usage_error)?;
-    Ok(Supervisor::new(prepared.config)
+    Supervisor::new(prepared.config)
         .credentials(prepared.credentials)
         .on_notice(notices)
         .signals(process_signals())
         .run(session())
-        .await)
+        .await
+        .map_err(usage_error)
 }
 
 fn usage_error(e: impl std::fmt::Display) -> u8 {
