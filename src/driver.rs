@@ -607,6 +607,39 @@ struct Conn<S> {
     /// Set when a write failed: the failure to report, unless the server's close frame
     /// arrives before the deadline.
     drain: Option<(Failure, Pin<Box<Sleep>>)>,
+    /// Set when the server broke the protocol: reading has stopped, the session's answers
+    /// to what it already got still go out, then our close frame.
+    violation: Option<Violation>,
+    /// Messages handed to the driver on this connection: with none, the session has
+    /// nothing to answer and a violation closes at once.
+    frames_read: u64,
+}
+
+/// A protocol violation the server committed, on its way to our close frame.
+struct Violation {
+    failure: Failure,
+    /// Our close frame (1002/1007/1009 and a short reason) until it is queued.
+    close: Option<CloseFrame>,
+    /// End of the grace for the session's answers, then of the close frame's flush.
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// The close frame for a violation wsup detected in what the server sent (RFC 6455
+/// §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big), or `None` when the
+/// error is not the server breaking the protocol (I/O, a reset, our own state).
+fn violation_close(failure: &Failure) -> Option<CloseFrame> {
+    let Failure::Violation { code, detail } = failure else {
+        return None;
+    };
+    // A close reason is at most 123 bytes (a control frame's 125 minus the code).
+    let mut end = detail.len().min(123);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(CloseFrame {
+        code: CloseCode::from(*code),
+        reason: detail[..end].to_owned().into(),
+    })
 }
 
 type WireCloseOf<S> = for<'a> fn(&'a S) -> Option<&'a WireClose>;
@@ -631,6 +664,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             queue: VecDeque::new(),
             needs_flush: false,
             drain: None,
+            violation: None,
+            frames_read: 0,
         }
     }
 
@@ -644,6 +679,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         mut outbound: Option<&mut mpsc::Receiver<session::Outbound>>,
     ) -> Poll<ConnEvent> {
         let mut rounds = 0;
+        let mut outbound_ended = false;
         while self.drain.is_none() {
             // Whether a wake-up is due when the session sends more: the channel said
             // Pending (its waker is registered), or messages are not taken now.
@@ -656,6 +692,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                             self.queue.push_back(item.message);
                             // The session's byte budget is released once the socket has it.
                             drop(item.permit);
+                        }
+                        // After a violation, the session's end is the end of its answers.
+                        Poll::Ready(None) if self.violation.is_some() => {
+                            outbound_ended = true;
+                            break;
                         }
                         Poll::Ready(None) => return Poll::Ready(ConnEvent::OutboundEnded),
                         Poll::Pending => {
@@ -693,6 +734,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             }
             break;
         }
+        if self.drain.is_none() && self.violation.is_some() {
+            return self.poll_violation(cx, outbound_ended);
+        }
         if read || self.drain.is_some() {
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(Message::Close(frame)))) => {
@@ -702,12 +746,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                         wire,
                     )));
                 }
-                Poll::Ready(Some(Ok(message))) => return Poll::Ready(ConnEvent::Frame(message)),
+                Poll::Ready(Some(Ok(message))) => {
+                    self.frames_read += 1;
+                    return Poll::Ready(ConnEvent::Frame(message));
+                }
                 Poll::Ready(Some(Err(error))) => {
                     let failure = match self.drain.take() {
                         Some((write_failure, _)) => write_failure,
                         None => failure_from_ws_error(error),
                     };
+                    if let Some(close) = violation_close(&failure) {
+                        // What arrived before the violation was delivered; give the
+                        // session a short grace to answer it (nothing to answer: none).
+                        let grace = if self.frames_read == 0 {
+                            Duration::ZERO
+                        } else {
+                            DRAIN_AFTER_WRITE_ERROR
+                        };
+                        self.violation = Some(Violation {
+                            failure,
+                            close: Some(close),
+                            deadline: Box::pin(tokio::time::sleep(grace)),
+                        });
+                        return self.poll_violation(cx, false);
+                    }
                     return Poll::Ready(ConnEvent::Closed(failure));
                 }
                 Poll::Ready(None) => {
@@ -727,6 +789,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(ConnEvent::Closed(failure.clone()));
             }
+        }
+        Poll::Pending
+    }
+
+    /// After a violation: the session's answers go out until the grace ends (or the
+    /// session ends), then our close frame; Closed once it is flushed, or could not be
+    /// within the same bound again.
+    fn poll_violation(&mut self, cx: &mut Context<'_>, outbound_ended: bool) -> Poll<ConnEvent> {
+        let Some(violation) = self.violation.as_mut() else {
+            return Poll::Pending;
+        };
+        if violation.close.is_some() {
+            if !outbound_ended && violation.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.queue.push_back(Message::Close(violation.close.take()));
+            violation
+                .deadline
+                .as_mut()
+                .reset(Instant::now() + DRAIN_AFTER_WRITE_ERROR);
+        }
+        let flushed = self.poll_flush_queue(cx).is_ready();
+        let Some(violation) = self.violation.as_mut() else {
+            return Poll::Pending;
+        };
+        if flushed || violation.deadline.as_mut().poll(cx).is_ready() {
+            let failure = violation.failure.clone();
+            self.violation = None;
+            return Poll::Ready(ConnEvent::Closed(failure));
         }
         Poll::Pending
     }
