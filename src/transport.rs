@@ -33,11 +33,14 @@ use url::{Host, Url};
 use crate::classify::{escape_untrusted, parse_retry_after, Failure, NetworkKind};
 
 mod observe;
+mod secret_headers;
 pub use observe::{CloseObserver, WireClose};
+pub use secret_headers::SecretHeaders;
 
 /// The byte stream under an established websocket: TCP, or TLS over TCP, seen through a
-/// [`CloseObserver`] (on the decrypted side) that keeps the server's close frame as sent.
-pub type WsTransportStream = CloseObserver<MaybeTlsStream<TcpStream>>;
+/// [`CloseObserver`] (on the decrypted side) that keeps the server's close frame as sent,
+/// over [`SecretHeaders`], which writes the credential headers of the upgrade request.
+pub type WsTransportStream = CloseObserver<SecretHeaders<MaybeTlsStream<TcpStream>>>;
 
 /// An established websocket, plain or TLS.
 pub type WsStream = WebSocketStream<WsTransportStream>;
@@ -501,7 +504,7 @@ impl Transport {
     async fn dial_within(
         &self,
         url: &Url,
-        request: tungstenite::handshake::client::Request,
+        mut request: tungstenite::handshake::client::Request,
         phase: &AtomicU8,
     ) -> Result<WsStream, Failure> {
         let addrs = resolve(url).await?;
@@ -520,6 +523,8 @@ impl Transport {
         } else {
             MaybeTlsStream::Plain(stream)
         };
+        // tungstenite traces the request it is given: it gets none of the credentials.
+        let stream = SecretHeaders::take_from(request.headers_mut(), stream);
         let (ws, _response) = tokio_tungstenite::client_async_with_config(
             request,
             CloseObserver::new(stream),
