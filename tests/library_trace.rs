@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use wsup::credentials::StaticToken;
 use wsup::session::{Link, Session};
 use wsup::tungstenite::protocol::frame::coding::CloseCode;
@@ -55,7 +55,8 @@ async fn trace_level_logs_hold_no_token_or_cookie() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut seen = None;
-        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, |request: &Request, response| {
+        #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
+        let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
             let header = |name| {
                 request
                     .headers()
@@ -63,10 +64,11 @@ async fn trace_level_logs_hold_no_token_or_cookie() {
                     .map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned())
             };
             seen = Some((header("authorization"), header("cookie")));
-            Ok::<Response, _>(response)
-        })
-        .await
-        .unwrap();
+            Ok(response)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
+            .await
+            .unwrap();
         ws.close(Some(CloseFrame {
             code: CloseCode::Normal,
             reason: "".into(),
