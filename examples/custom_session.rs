@@ -51,9 +51,16 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let outcome = wsup::Supervisor::new(wsup::Config::new(url))
+    let outcome = match wsup::Supervisor::new(wsup::Config::new(url))
         .run(Ticker { ticks: 3 })
-        .await;
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(bad_settings) => {
+            eprintln!("{bad_settings}");
+            std::process::exit(2);
+        }
+    };
     eprintln!("session ended: {outcome:?}");
     std::process::exit(outcome.exit_code().into());
 }

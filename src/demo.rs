@@ -115,6 +115,7 @@ pub async fn run_adjusted(
         .on_notice(notices)
         .signals(signals)
         .run(PrintSession)
-        .await;
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(outcome)
 }

@@ -113,8 +113,13 @@ impl Dialer for Transport {
 /// ```no_run
 /// # async fn demo(config: wsup::Config, creds: std::sync::Arc<dyn wsup::credentials::Credentials>) {
 /// let session = wsup::session::connect::ConnectSession::stdio();
-/// let outcome = wsup::Supervisor::new(config).credentials(creds).run(session).await;
-/// std::process::exit(outcome.exit_code().into());
+/// match wsup::Supervisor::new(config).credentials(creds).run(session).await {
+///     Ok(outcome) => std::process::exit(outcome.exit_code().into()),
+///     Err(bad_settings) => {
+///         eprintln!("{bad_settings}");
+///         std::process::exit(2);
+///     }
+/// }
 /// # }
 /// ```
 pub struct Supervisor {
@@ -170,27 +175,27 @@ impl Supervisor {
         self
     }
 
-    /// Where SIGINT/SIGTERM come from. Defaults to the process's own signals.
+    /// Where SIGINT/SIGTERM come from. Without one the supervisor reacts to no signal and
+    /// installs no handler: an embedding program keeps its own Ctrl+C behaviour. The CLI
+    /// passes [`process_signals`].
     pub fn signals(mut self, signals: SignalWatch) -> Self {
         self.signals = Some(signals);
         self
     }
 
     /// Supervise until the session ends; returns how it ended.
-    pub async fn run<S: Session>(mut self, session: S) -> Outcome {
+    ///
+    /// Invalid transport settings (see [`Transport::new`]) come back as `Err` before
+    /// anything runs: the session is not started and nothing is dialed.
+    pub async fn run<S: Session>(
+        mut self,
+        session: S,
+    ) -> Result<Outcome, crate::transport::UsageError> {
         let transport = match self.transport.take() {
             Some(t) => t,
-            None => match Transport::new(self.config.transport.clone()) {
-                Ok(t) => t,
-                Err(e) => {
-                    return Outcome::Stopped {
-                        class: crate::classify::Class::Internal,
-                        failure: Failure::Internal(e.to_string()),
-                    }
-                }
-            },
+            None => Transport::new(self.config.transport.clone())?,
         };
-        self.run_with_dialer(transport, session).await
+        Ok(self.run_with_dialer(transport, session).await)
     }
 
     /// Like [`Supervisor::run`], dialing through `dialer` instead of the network.
@@ -207,7 +212,7 @@ impl Supervisor {
             dialer,
             url: self.config.url,
             notices: self.notices.unwrap_or_else(|| Arc::new(log_notice)),
-            signals: self.signals.unwrap_or_else(process_signals),
+            signals: self.signals.unwrap_or_else(no_signals),
             ends,
             conn: None,
             dialing: None,
@@ -232,6 +237,11 @@ impl Supervisor {
 
 fn log_notice(notice: &Notice) {
     tracing::info!(target: "wsup::notice", "{notice:?}");
+}
+
+/// A signal source that never fires (its sender is gone at once).
+fn no_signals() -> SignalWatch {
+    watch::channel(None).1
 }
 
 /// The process's SIGINT/SIGTERM, as a watch shared by every supervisor in the process.
@@ -756,6 +766,39 @@ struct Conn<S> {
     /// Set when a write failed: the failure to report, unless the server's close frame
     /// arrives before the deadline.
     drain: Option<(Failure, Pin<Box<Sleep>>)>,
+    /// Set when the server broke the protocol: reading has stopped, the session's answers
+    /// to what it already got still go out, then our close frame.
+    violation: Option<Violation>,
+    /// Messages handed to the driver on this connection: with none, the session has
+    /// nothing to answer and a violation closes at once.
+    frames_read: u64,
+}
+
+/// A protocol violation the server committed, on its way to our close frame.
+struct Violation {
+    failure: Failure,
+    /// Our close frame (1002/1007/1009 and a short reason) until it is queued.
+    close: Option<CloseFrame>,
+    /// End of the grace for the session's answers, then of the close frame's flush.
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// The close frame for a violation wsup detected in what the server sent (RFC 6455
+/// §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big), or `None` when the
+/// error is not the server breaking the protocol (I/O, a reset, our own state).
+fn violation_close(failure: &Failure) -> Option<CloseFrame> {
+    let Failure::Violation { code, detail } = failure else {
+        return None;
+    };
+    // A close reason is at most 123 bytes (a control frame's 125 minus the code).
+    let mut end = detail.len().min(123);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(CloseFrame {
+        code: CloseCode::from(*code),
+        reason: detail[..end].to_owned().into(),
+    })
 }
 
 type WireCloseOf<S> = for<'a> fn(&'a S) -> Option<&'a WireClose>;
@@ -780,6 +823,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             queue: VecDeque::new(),
             needs_flush: false,
             drain: None,
+            violation: None,
+            frames_read: 0,
         }
     }
 
@@ -793,6 +838,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         mut outbound: Option<&mut mpsc::Receiver<session::Outbound>>,
     ) -> Poll<ConnEvent> {
         let mut rounds = 0;
+        let mut outbound_ended = false;
         while self.drain.is_none() {
             // Whether a wake-up is due when the session sends more: the channel said
             // Pending (its waker is registered), or messages are not taken now.
@@ -805,6 +851,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                             self.queue.push_back(item.message);
                             // The session's byte budget is released once the socket has it.
                             drop(item.permit);
+                        }
+                        // After a violation, the session's end is the end of its answers.
+                        Poll::Ready(None) if self.violation.is_some() => {
+                            outbound_ended = true;
+                            break;
                         }
                         Poll::Ready(None) => return Poll::Ready(ConnEvent::OutboundEnded),
                         Poll::Pending => {
@@ -842,6 +893,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             }
             break;
         }
+        if self.drain.is_none() && self.violation.is_some() {
+            return self.poll_violation(cx, outbound_ended);
+        }
         if read || self.drain.is_some() {
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(Message::Close(frame)))) => {
@@ -851,12 +905,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                         wire,
                     )));
                 }
-                Poll::Ready(Some(Ok(message))) => return Poll::Ready(ConnEvent::Frame(message)),
+                Poll::Ready(Some(Ok(message))) => {
+                    self.frames_read += 1;
+                    return Poll::Ready(ConnEvent::Frame(message));
+                }
                 Poll::Ready(Some(Err(error))) => {
                     let failure = match self.drain.take() {
                         Some((write_failure, _)) => write_failure,
                         None => failure_from_ws_error(error),
                     };
+                    if let Some(close) = violation_close(&failure) {
+                        // What arrived before the violation was delivered; give the
+                        // session a short grace to answer it (nothing to answer: none).
+                        let grace = if self.frames_read == 0 {
+                            Duration::ZERO
+                        } else {
+                            DRAIN_AFTER_WRITE_ERROR
+                        };
+                        self.violation = Some(Violation {
+                            failure,
+                            close: Some(close),
+                            deadline: Box::pin(tokio::time::sleep(grace)),
+                        });
+                        return self.poll_violation(cx, false);
+                    }
                     return Poll::Ready(ConnEvent::Closed(failure));
                 }
                 Poll::Ready(None) => {
@@ -892,6 +964,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             .drain(..)
             .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
             .collect()
+    }
+
+    /// After a violation: the session's answers go out until the grace ends (or the
+    /// session ends), then our close frame; Closed once it is flushed, or could not be
+    /// within the same bound again.
+    fn poll_violation(&mut self, cx: &mut Context<'_>, outbound_ended: bool) -> Poll<ConnEvent> {
+        let Some(violation) = self.violation.as_mut() else {
+            return Poll::Pending;
+        };
+        if violation.close.is_some() {
+            if !outbound_ended && violation.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.queue.push_back(Message::Close(violation.close.take()));
+            violation
+                .deadline
+                .as_mut()
+                .reset(Instant::now() + DRAIN_AFTER_WRITE_ERROR);
+        }
+        let flushed = self.poll_flush_queue(cx).is_ready();
+        let Some(violation) = self.violation.as_mut() else {
+            return Poll::Pending;
+        };
+        if flushed || violation.deadline.as_mut().poll(cx).is_ready() {
+            let failure = violation.failure.clone();
+            self.violation = None;
+            return Poll::Ready(ConnEvent::Closed(failure));
+        }
+        Poll::Pending
     }
 
     /// Ready(Ok) once everything queued is written and flushed.

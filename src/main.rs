@@ -308,13 +308,14 @@ async fn supervise_draining<S: Session>(
     drain_timeout: Option<Duration>,
 ) -> Result<Outcome, u8> {
     let prepared = common.prepare(url).map_err(usage_error)?;
-    Ok(Supervisor::new(prepared.config)
+    Supervisor::new(prepared.config)
         .credentials(prepared.credentials)
         .on_notice(notices)
         .signals(process_signals())
         .drain_timeout(drain_timeout)
         .run(session())
-        .await)
+        .await
+        .map_err(usage_error)
 }
 
 fn usage_error(e: impl std::fmt::Display) -> u8 {

@@ -12,6 +12,7 @@
 //! and `Retry-After` are taken from an HTTP error response.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,11 +36,14 @@ use crate::classify::{escape_untrusted, parse_retry_after, Failure, NetworkKind}
 
 mod observe;
 mod resolve;
+mod secret_headers;
 pub use observe::{CloseObserver, WireClose};
+pub use secret_headers::SecretHeaders;
 
 /// The byte stream under an established websocket: TCP, or TLS over TCP, seen through a
-/// [`CloseObserver`] (on the decrypted side) that keeps the server's close frame as sent.
-pub type WsTransportStream = CloseObserver<MaybeTlsStream<TcpStream>>;
+/// [`CloseObserver`] (on the decrypted side) that keeps the server's close frame as sent,
+/// over [`SecretHeaders`], which writes the credential headers of the upgrade request.
+pub type WsTransportStream = CloseObserver<SecretHeaders<MaybeTlsStream<TcpStream>>>;
 
 /// An established websocket, plain or TLS.
 pub type WsStream = WebSocketStream<WsTransportStream>;
@@ -510,7 +514,7 @@ impl Transport {
     async fn dial_within(
         &self,
         url: &Url,
-        request: tungstenite::handshake::client::Request,
+        mut request: tungstenite::handshake::client::Request,
         phase: &AtomicU8,
     ) -> Result<WsStream, Failure> {
         let addrs = resolve(url).await?;
@@ -530,6 +534,8 @@ impl Transport {
             MaybeTlsStream::Plain(stream)
         };
         let plain = matches!(stream, MaybeTlsStream::Plain(_));
+        // tungstenite traces the request it is given: it gets none of the credentials.
+        let stream = SecretHeaders::take_from(request.headers_mut(), stream);
         let (ws, _response) = tokio_tungstenite::client_async_with_config(
             request,
             CloseObserver::new(stream),
@@ -647,26 +653,25 @@ async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, Failure> {
     }
 }
 
-/// Tries each address in order; the first that connects wins.
+/// How long a connection attempt has before the next address is tried alongside it
+/// (RFC 8305 §5, "Connection Attempt Delay").
+pub(crate) const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Happy Eyeballs (RFC 8305): the addresses in [`interleave_families`] order, the next one
+/// started 250 ms after the previous (at once when the previous failed); the first to
+/// connect wins and the others are dropped. A dead address costs 250 ms, not the whole
+/// connect timeout.
 async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, Failure> {
-    let mut last: Option<(SocketAddr, io::Error)> = None;
-    for &addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                // Small frames (keystrokes, pings) must not wait for Nagle.
-                if let Err(err) = stream.set_nodelay(true) {
-                    tracing::debug!(target: "wsup::transport", %err, "cannot set TCP_NODELAY");
-                }
-                return Ok(stream);
+    let addrs = interleave_families(addrs);
+    match race_connects(&addrs, TcpStream::connect).await {
+        Ok(stream) => {
+            // Small frames (keystrokes, pings) must not wait for Nagle.
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(target: "wsup::transport", %err, "cannot set TCP_NODELAY");
             }
-            Err(err) => {
-                tracing::debug!(target: "wsup::transport", %addr, %err, "TCP connect failed");
-                last = Some((addr, err));
-            }
+            Ok(stream)
         }
-    }
-    match last {
-        Some((addr, err)) => {
+        Err(Some((addr, err))) => {
             let mut failure = io_failure(&err);
             if let Failure::Network { kind, detail } = &mut failure {
                 if *kind == NetworkKind::Other && err.kind() == io::ErrorKind::TimedOut {
@@ -676,11 +681,73 @@ async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, Failure> {
             }
             Err(failure)
         }
-        None => Err(Failure::Network {
+        Err(None) => Err(Failure::Network {
             kind: NetworkKind::Dns,
             detail: "no addresses".into(),
         }),
     }
+}
+
+/// The resolver's order, with the address families alternating from the first address's
+/// family on (RFC 8305 §4), so that a dead family costs one attempt delay, not one per
+/// address.
+fn interleave_families(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let (preferred, other): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs
+        .iter()
+        .partition(|addr| addr.is_ipv6() == first.is_ipv6());
+    let mut out = Vec::with_capacity(addrs.len());
+    let (mut preferred, mut other) = (preferred.into_iter(), other.into_iter());
+    loop {
+        match (preferred.next(), other.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Starts `connect` on each address in turn, the next one [`CONNECTION_ATTEMPT_DELAY`]
+/// after the previous or as soon as it failed; the first success wins and the attempts
+/// still running are dropped. With every attempt failed: the last failure (`None` for no
+/// addresses).
+async fn race_connects<T, F, Fut>(
+    addrs: &[SocketAddr],
+    connect: F,
+) -> Result<T, Option<(SocketAddr, io::Error)>>
+where
+    F: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = io::Result<T>>,
+{
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut waiting = addrs.iter().copied();
+    let mut attempts = FuturesUnordered::new();
+    let mut last = None;
+    while let Some(addr) = waiting.next() {
+        let attempt = connect(addr);
+        attempts.push(async move { (addr, attempt.await) });
+        let delay = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY);
+        tokio::pin!(delay);
+        loop {
+            tokio::select! {
+                Some((addr, result)) = attempts.next() => match result {
+                    Ok(stream) => return Ok(stream),
+                    Err(err) => {
+                        tracing::debug!(target: "wsup::transport", %addr, %err, "TCP connect failed");
+                        last = Some((addr, err));
+                        // Start the next address now, if any.
+                        if waiting.len() > 0 {
+                            break;
+                        }
+                    }
+                },
+                () = &mut delay, if waiting.len() > 0 => break,
+                else => return Err(last),
+            }
+        }
+    }
+    Err(last)
 }
 
 /// Maps a tungstenite error (from dialing or from an established connection) to a Failure.
@@ -806,6 +873,108 @@ fn rustls_detail(err: &rustls::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::{interleave_families, race_connects, CONNECTION_ATTEMPT_DELAY};
+    use std::net::SocketAddr;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    /// Dials `addrs` with a fake connect: `hangs` never answers, `fails` is refused at
+    /// once, any other address connects at once. Returns the winner and when each attempt
+    /// started, relative to the start.
+    async fn race(
+        addrs: &[SocketAddr],
+        hangs: &[SocketAddr],
+        fails: &[SocketAddr],
+    ) -> (
+        Result<SocketAddr, Option<SocketAddr>>,
+        Vec<(SocketAddr, std::time::Duration)>,
+    ) {
+        let start = Instant::now();
+        let started = Mutex::new(Vec::new());
+        let result = race_connects(addrs, |addr| {
+            started.lock().unwrap().push((addr, start.elapsed()));
+            let (hang, fail) = (hangs.contains(&addr), fails.contains(&addr));
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                if fail {
+                    return Err(std::io::ErrorKind::ConnectionRefused.into());
+                }
+                Ok(addr)
+            }
+        })
+        .await
+        .map_err(|last| last.map(|(addr, _)| addr));
+        (result, started.into_inner().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_first_address_costs_one_attempt_delay() {
+        let (dead, alive) = (addr("[2001:db8::1]:443"), addr("192.0.2.1:443"));
+        let (result, started) = race(&[dead, alive], &[dead], &[]).await;
+        assert_eq!(result, Ok(alive));
+        assert_eq!(
+            started,
+            vec![
+                (dead, std::time::Duration::ZERO),
+                (alive, CONNECTION_ATTEMPT_DELAY)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_address_starts_the_next_at_once() {
+        let (refused, alive) = (addr("192.0.2.1:443"), addr("192.0.2.2:443"));
+        let (result, started) = race(&[refused, alive], &[], &[refused]).await;
+        assert_eq!(result, Ok(alive));
+        assert_eq!(started[1], (alive, std::time::Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_address_wins_when_it_answers_in_time() {
+        let (first, second) = (addr("192.0.2.1:443"), addr("192.0.2.2:443"));
+        let (result, started) = race(&[first, second], &[], &[]).await;
+        assert_eq!(result, Ok(first));
+        assert_eq!(
+            started.len(),
+            1,
+            "the second address was dialed: {started:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_refused_reports_the_last_and_hangs_run_on_to_the_caller_timeout() {
+        let addrs = [addr("192.0.2.1:443"), addr("192.0.2.2:443")];
+        let (result, _) = race(&addrs, &[], &addrs).await;
+        assert_eq!(result, Err(Some(addrs[1])));
+        let (result, _) = race(&[], &[], &[]).await;
+        assert_eq!(result, Err(None));
+        // One hanging, one refused: the race waits for the hanging one.
+        let raced = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            race(&addrs, &addrs[..1], &addrs[1..]),
+        )
+        .await;
+        assert!(raced.is_err(), "a hanging attempt was given up early");
+    }
+
+    #[test]
+    fn families_alternate_from_the_first_address_family() {
+        let v6 = |n| addr(&format!("[2001:db8::{n}]:443"));
+        let v4 = |n| addr(&format!("192.0.2.{n}:443"));
+        assert_eq!(
+            interleave_families(&[v6(1), v6(2), v6(3), v4(1), v4(2)]),
+            vec![v6(1), v4(1), v6(2), v4(2), v6(3)]
+        );
+        assert_eq!(interleave_families(&[v4(1), v4(2)]), vec![v4(1), v4(2)]);
+        assert!(interleave_families(&[]).is_empty());
+    }
+
     use super::*;
     use tungstenite::Error;
 

@@ -84,5 +84,5 @@ async fn a_full_send_queue_resumes_as_soon_as_the_socket_drains() {
         .await
         .expect("the supervisor stops on the signal")
         .unwrap();
-    assert_eq!(outcome, Outcome::Signal(Sig::Terminate));
+    assert_eq!(outcome.unwrap(), Outcome::Signal(Sig::Terminate));
 }

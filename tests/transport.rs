@@ -542,7 +542,7 @@ async fn extra_ca_certificate_is_trusted() {
         .await
         .unwrap();
     assert!(matches!(
-        ws.get_ref().get_ref(),
+        ws.get_ref().get_ref().get_ref(),
         tokio_tungstenite::MaybeTlsStream::Rustls(_)
     ));
     echo_once(&mut ws, "over tls").await;

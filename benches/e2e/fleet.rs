@@ -95,16 +95,18 @@ pub(crate) async fn start_fleet(
     config.url = url.parse().map_err(|e| format!("{e}"))?;
     for id in 0..n {
         let mut supervisor = Supervisor::new(config.clone())
-            .transport(transport.clone())
             .signals(signals.clone())
             .jitter(Jitter::seeded(id as u64 + 1));
         supervisor = match events {
             Some(events) => supervisor.on_notice(recording_sink(events, id)),
             None => supervisor.on_notice(Arc::new(|_: &Notice| {})),
         };
-        handles.push(tokio::spawn(supervisor.run(Probe {
-            ready: ready.clone(),
-        })));
+        handles.push(tokio::spawn(supervisor.run_with_dialer(
+            transport.clone(),
+            Probe {
+                ready: ready.clone(),
+            },
+        )));
         if ((id + 1) % batch == 0 || id + 1 == n)
             && !ready.wait_for(id + 1, Duration::from_secs(60)).await
         {

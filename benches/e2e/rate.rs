@@ -156,6 +156,7 @@ async fn supervised(url: String, session: RateSession) -> Outcome {
         .on_notice(Arc::new(|_: &Notice| {}))
         .run(session)
         .await
+        .expect("default transport settings are valid")
 }
 
 fn size_name(size: usize) -> String {

@@ -233,7 +233,8 @@ impl Forwarder {
         self
     }
 
-    /// Where SIGINT/SIGTERM come from. Defaults to the process's own signals.
+    /// Where SIGINT/SIGTERM come from. Without one the listener reacts to no signal and
+    /// installs no handler (the CLI passes [`crate::driver::process_signals`]).
     pub fn signals(mut self, signals: SignalWatch) -> Self {
         self.signals = Some(signals);
         self
@@ -272,7 +273,7 @@ impl Forwarder {
                 tracing::warn!(target: "wsup::forward", max, "tunnel limit reached: further connections wait")
             })
         }));
-        let mut signals = signals.unwrap_or_else(crate::driver::process_signals);
+        let mut signals = signals.unwrap_or_else(|| tokio::sync::watch::channel(None).1);
         let mut tunnels = JoinSet::new();
         let mut signals_open = true;
         let sig = loop {
@@ -290,10 +291,15 @@ impl Forwarder {
                     Ok((tcp, peer)) => {
                         let supervisor = Supervisor::new(config.clone())
                             .credentials(credentials.clone())
-                            .transport(transport.clone())
                             .signals(signals.clone())
                             .on_notice(tunnel_notices(notices.clone(), peer));
-                        tunnels.spawn(tunnel(supervisor, tcp, peer, on_tunnel_end.clone()));
+                        tunnels.spawn(tunnel(
+                            supervisor,
+                            transport.clone(),
+                            tcp,
+                            peer,
+                            on_tunnel_end.clone(),
+                        ));
                         if tunnels.len() >= max_tunnels {
                             // Once, not per waiting client: a flood of clients must not
                             // become a flood of lines.
@@ -329,13 +335,17 @@ impl Forwarder {
 /// One tunnel's life: supervise it, then report how it ended.
 async fn tunnel(
     supervisor: Supervisor,
+    transport: Transport,
     tcp: TcpStream,
     peer: SocketAddr,
     on_end: Option<TunnelEndSink>,
 ) {
     let _ = tcp.set_nodelay(true);
     tracing::debug!(target: "wsup::forward", %peer, "tunnel opened");
-    let outcome = supervisor.run(ForwardSession::new(tcp)).await;
+    // The transport was validated once, by `Forwarder::new`.
+    let outcome = supervisor
+        .run_with_dialer(transport, ForwardSession::new(tcp))
+        .await;
     tracing::debug!(target: "wsup::forward", %peer, ?outcome, "tunnel closed");
     if let Some(on_end) = on_end {
         on_end(peer, &outcome);

@@ -204,8 +204,13 @@ impl FrameScanner {
                         // Wait for the rest of the header (the length said how long).
                         continue;
                     }
-                    let header = *bytes;
-                    self.state = after_header(&header);
+                    self.state = match parse_header(&bytes[..*have]) {
+                        Ok(Some(header)) => after_header(&header),
+                        // A reserved opcode: tungstenite fails the connection there.
+                        Err(InvalidOpcode(_)) => ScanState::Done,
+                        // Not reached: `have` is the whole header's length.
+                        Ok(None) => ScanState::Done,
+                    };
                 }
                 ScanState::Close {
                     payload,
@@ -233,20 +238,67 @@ impl FrameScanner {
     }
 }
 
-/// The state after a complete frame header.
-fn after_header(header: &[u8; 14]) -> ScanState {
-    let opcode = header[0] & 0x0f;
-    let masked = header[1] & 0x80 != 0;
-    let (length, at) = match header[1] & 0x7f {
-        126 => (u64::from(u16::from_be_bytes([header[2], header[3]])), 4),
+/// A frame header as the observer reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) fin: bool,
+    /// RSV1, RSV2, RSV3.
+    pub(crate) rsv: [bool; 3],
+    pub(crate) opcode: u8,
+    pub(crate) mask: Option<[u8; 4]>,
+    /// The payload length.
+    pub(crate) length: u64,
+    /// How many bytes the header took.
+    pub(crate) len: usize,
+}
+
+/// A frame with a reserved opcode (3–7, 11–15): not a frame anyone can read on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InvalidOpcode(pub(crate) u8);
+
+/// Reads the frame header at the start of `bytes`: `Ok(None)` while it is incomplete. Same
+/// verdict as tungstenite's `FrameHeader::parse` (a property test holds them together).
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<Option<Header>, InvalidOpcode> {
+    let (Some(&first), Some(&second)) = (bytes.first(), bytes.get(1)) else {
+        return Ok(None);
+    };
+    let len = header_len(second);
+    if bytes.len() < len {
+        return Ok(None);
+    }
+    let (length, at) = match second & 0x7f {
+        126 => (u64::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
         127 => {
             let mut be = [0; 8];
-            be.copy_from_slice(&header[2..10]);
+            be.copy_from_slice(&bytes[2..10]);
             (u64::from_be_bytes(be), 10)
         }
         short => (u64::from(short), 2),
     };
-    let mask = masked.then(|| [header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let mask =
+        (second & 0x80 != 0).then(|| [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let opcode = first & 0x0f;
+    if matches!(opcode, 3..=7 | 11..=15) {
+        return Err(InvalidOpcode(opcode));
+    }
+    Ok(Some(Header {
+        fin: first & 0x80 != 0,
+        rsv: [first & 0x40 != 0, first & 0x20 != 0, first & 0x10 != 0],
+        opcode,
+        mask,
+        length,
+        len,
+    }))
+}
+
+/// The state after a complete frame header.
+fn after_header(header: &Header) -> ScanState {
+    let Header {
+        opcode,
+        mask,
+        length,
+        ..
+    } = *header;
     if opcode == OPCODE_CLOSE {
         if length == 0 {
             // No status code: tungstenite reports that faithfully (1005).
@@ -469,6 +521,69 @@ mod tests {
         for step in 1..=bytes.len() {
             let scanner = scan_in_steps(FrameScanner::new(), &bytes, step);
             assert_eq!(scanner.close().cloned(), wire(1014, "x"), "reads of {step}");
+        }
+    }
+
+    mod against_tungstenite {
+        use super::super::{parse_header, Header, InvalidOpcode};
+        use proptest::prelude::*;
+        use std::io::Cursor;
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+        /// tungstenite's reading of the same bytes, in the observer's terms.
+        fn tungstenite_reads(bytes: &[u8]) -> Result<Option<Header>, InvalidOpcode> {
+            let mut cursor = Cursor::new(bytes);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(None) => Ok(None),
+                Ok(Some((header, length))) => Ok(Some(Header {
+                    fin: header.is_final,
+                    rsv: [header.rsv1, header.rsv2, header.rsv3],
+                    opcode: header.opcode.into(),
+                    mask: header.mask,
+                    length,
+                    len: cursor.position() as usize,
+                })),
+                // Reading from memory fails only on a reserved opcode.
+                Err(_) => Err(InvalidOpcode(bytes[0] & 0x0f)),
+            }
+        }
+
+        /// Byte streams that reach every length encoding and the mask: the second byte
+        /// is often 126/127 (with or without the mask bit), the rest random, cut anywhere.
+        fn stream() -> impl Strategy<Value = Vec<u8>> {
+            let second = prop_oneof![
+                any::<u8>(),
+                Just(126u8),
+                Just(127u8),
+                Just(126u8 | 0x80),
+                Just(127u8 | 0x80),
+            ];
+            (
+                any::<u8>(),
+                second,
+                proptest::collection::vec(any::<u8>(), 0..16),
+                0..20usize,
+            )
+                .prop_map(|(first, second, rest, cut)| {
+                    let mut bytes = vec![first, second];
+                    bytes.extend(rest);
+                    bytes.truncate(cut);
+                    bytes
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn same_header_length_and_verdict_as_tungstenite(bytes in stream()) {
+                prop_assert_eq!(parse_header(&bytes), tungstenite_reads(&bytes), "{:02x?}", bytes);
+            }
+
+            #[test]
+            fn any_bytes_same_verdict_as_tungstenite(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
+                prop_assert_eq!(parse_header(&bytes), tungstenite_reads(&bytes), "{:02x?}", bytes);
+            }
         }
     }
 }
