@@ -7,12 +7,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
 
 use support::{Wsup, BOUND, FAST};
 
@@ -93,21 +90,13 @@ async fn wss_to_a_plain_http_server_answering_400_says_use_ws() {
 
 // ---------------------------------------------------------------- ws:// to TLS
 
+/// The test server's certificate (tests/fixtures), as `wsup serve --tls-cert` loads it.
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let cert_pem = std::fs::read(fixture("localhost-cert.pem")).unwrap();
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key_pem = std::fs::read(fixture("localhost-key.pem")).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    wsup::serve::tls_acceptor(
+        &fixture("localhost-cert.pem"),
+        &fixture("localhost-key.pem"),
+    )
+    .expect("the fixtures load")
 }
 
 #[tokio::test]

@@ -20,14 +20,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use wsup::classify::{Failure, NetworkKind};
@@ -459,18 +456,13 @@ async fn unknown_host_is_host_not_found() {
 
 // ---------------------------------------------------------------- TLS
 
+/// The test server's certificate (tests/fixtures), as `wsup serve --tls-cert` loads it.
 fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
-    let certs = load_ca_certs(&fixture("localhost-cert.pem")).unwrap();
-    let key_pem = std::fs::read(fixture("localhost-key.pem")).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key_pem).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    wsup::serve::tls_acceptor(
+        &fixture("localhost-cert.pem"),
+        &fixture("localhost-key.pem"),
+    )
+    .expect("the fixtures load")
 }
 
 /// A wss server for one connection: `serve` gets the websocket once the TLS and
