@@ -49,6 +49,12 @@ async fn dead_url() -> String {
 
 #[tokio::test]
 async fn library_supervisor_and_forwarder_leave_sigint_and_sigterm_alone() {
+    // A test runner started in the background (`cmd &` from a script, nohup) inherits
+    // SIGINT ignored: start from the default dispositions, then check wsup keeps them.
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: restoring the default disposition; this test binary runs one test.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
     assert_default_dispositions("before anything ran");
 
     let mut config = Config::new(dead_url().await.parse().unwrap());
