@@ -9,10 +9,10 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use wsup::cli::{Cli, Command, CommonArgs, LogFormat, ServeArgs};
 use wsup::driver::{process_signals, NoticeSink};
+use wsup::forward::Forwarder;
 use wsup::machine::{Notice, Outcome, OutputLoss, Sig};
 use wsup::report::{self, CredentialKind};
 use wsup::session::connect::ConnectSession;
-use wsup::session::forward::Forwarder;
 use wsup::session::logs::LogsSession;
 use wsup::session::shell::{self, ShellSession, TerminalStderr};
 use wsup::{Session, Supervisor};
@@ -358,12 +358,11 @@ fn finish(outcome: &Outcome, kind: &CredentialKind) -> u8 {
 }
 
 async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels: u32) -> u8 {
-    // The forwarder makes tunnels stop once connected (`redial_after_connected = false`)
-    // and gives each tunnel's dial `DEFAULT_TUNNEL_RETRIES` without `--max-retries`.
-    let prepared = match common.prepare(url) {
+    let mut prepared = match common.prepare(url) {
         Ok(p) => p,
         Err(e) => return usage_error(e),
     };
+    wsup::cli::tunnel_reconnect_policy(&mut prepared.config.machine);
     // A bare port listens on loopback only.
     let listen = match listen.parse::<u16>() {
         Ok(port) => format!("127.0.0.1:{port}"),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use wsup::session::forward::Forwarder;
+use wsup::forward::Forwarder;
 use wsup::session::{Link, Session};
 use wsup::{Config, Outcome, Supervisor};
 
