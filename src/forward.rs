@@ -1,7 +1,7 @@
 //! `wsup port-forward`'s listener: one supervised websocket per accepted TCP connection.
 //!
 //! [`Forwarder`] accepts, starts a [`Supervisor`] per connection running a
-//! [`ForwardSession`] (all sharing one [`Transport`] and one [`Credentials`], so a
+//! [`ForwardSession`] (all sharing one [`Transport`] and one [`Credentials`](crate::credentials::Credentials), so a
 //! rejected token causes one refresh however many tunnels hit it), survives every
 //! tunnel's failure and, on SIGINT/SIGTERM, stops accepting, lets every tunnel close and
 //! returns the signal. It is not a session: it runs supervisors, as the CLI does.
@@ -11,8 +11,7 @@
 //! ([`crate::cli::tunnel_reconnect_policy`]: no redial once bytes flow, a few dial
 //! retries).
 
-use crate::credentials::{Anonymous, Credentials};
-use crate::driver::{Config, NoticeSink, SignalWatch, Supervisor};
+use crate::driver::{NoticeSink, Supervisor};
 use crate::machine::{Notice, Outcome, Sig};
 use crate::session::forward::ForwardSession;
 use crate::transport::{Transport, UsageError};
@@ -43,13 +42,22 @@ pub type TunnelLimitSink = Arc<dyn Fn(usize) + Send + Sync>;
 
 /// The port-forward listener: a supervised tunnel per accepted connection.
 ///
+/// Supervision settings (credentials, signals, notices, transport, jitter) are the
+/// [`Supervisor`]'s own builder: the forwarder takes one as a template and runs a clone
+/// of it per tunnel. Only what is about the listener is set here.
+///
 /// ```no_run
-/// # async fn demo(mut config: wsup::Config) -> std::io::Result<()> {
+/// # async fn demo(
+/// #     mut config: wsup::Config,
+/// #     creds: std::sync::Arc<dyn wsup::credentials::Credentials>,
+/// # ) -> std::io::Result<()> {
 /// // A byte stream cannot be resumed on a new websocket: the CLI's policy.
 /// wsup::cli::tunnel_reconnect_policy(&mut config.machine);
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-/// let signal = wsup::forward::Forwarder::new(listener, config)
+/// let tunnels = wsup::Supervisor::new(config).credentials(creds);
+/// let signal = wsup::forward::Forwarder::new(listener, tunnels)
 ///     .expect("valid transport settings")
+///     .max_tunnels(16)
 ///     .run()
 ///     .await;
 /// std::process::exit(wsup::Outcome::Signal(signal).exit_code().into());
@@ -57,10 +65,10 @@ pub type TunnelLimitSink = Arc<dyn Fn(usize) + Send + Sync>;
 /// ```
 pub struct Forwarder {
     listener: TcpListener,
-    config: Config,
-    credentials: Arc<dyn Credentials>,
+    /// Cloned for every tunnel.
+    template: Supervisor,
+    /// The template's, built once by [`Forwarder::new`].
     transport: Transport,
-    signals: Option<SignalWatch>,
     notices: Option<TunnelNoticeSink>,
     on_tunnel_end: Option<TunnelEndSink>,
     max_tunnels: usize,
@@ -68,19 +76,20 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Each tunnel's supervisor follows `config`, reconnect policy included: for tunnels
-    /// that must not redial once bytes flow, build it with
-    /// [`crate::cli::tunnel_reconnect_policy`], as `wsup port-forward` does.
+    /// Every tunnel runs a clone of `template`: its config (reconnect policy included:
+    /// for tunnels that must not redial once bytes flow, build it with
+    /// [`crate::cli::tunnel_reconnect_policy`], as `wsup port-forward` does), and one
+    /// shared transport and credentials, so refreshes are single-flight across tunnels.
+    /// The template's signal source also stops the listener; without one, the listener
+    /// reacts to no signal and installs no handler.
     ///
     /// Invalid transport settings come back as `Err` before anything is accepted.
-    pub fn new(listener: TcpListener, config: Config) -> Result<Self, UsageError> {
-        let transport = Transport::new(config.transport.clone())?;
+    pub fn new(listener: TcpListener, mut template: Supervisor) -> Result<Self, UsageError> {
+        let transport = template.shared_transport()?;
         Ok(Forwarder {
             listener,
-            config,
-            credentials: Arc::new(Anonymous),
+            template,
             transport,
-            signals: None,
             notices: None,
             on_tunnel_end: None,
             max_tunnels: DEFAULT_MAX_TUNNELS as usize,
@@ -102,20 +111,9 @@ impl Forwarder {
         self
     }
 
-    /// Shared by every tunnel: refreshes are single-flight across all of them.
-    pub fn credentials(mut self, credentials: Arc<dyn Credentials>) -> Self {
-        self.credentials = credentials;
-        self
-    }
-
-    /// Where SIGINT/SIGTERM come from. Without one the listener reacts to no signal and
-    /// installs no handler (the CLI passes [`crate::driver::process_signals`]).
-    pub fn signals(mut self, signals: SignalWatch) -> Self {
-        self.signals = Some(signals);
-        self
-    }
-
-    pub fn on_notice(mut self, sink: TunnelNoticeSink) -> Self {
+    /// Every tunnel's notices with its TCP peer, instead of the template's notice sink.
+    /// With neither, notices are logged with the peer.
+    pub fn on_tunnel_notice(mut self, sink: TunnelNoticeSink) -> Self {
         self.notices = Some(sink);
         self
     }
@@ -134,21 +132,27 @@ impl Forwarder {
     pub async fn run(self) -> Sig {
         let Forwarder {
             listener,
-            config,
-            credentials,
+            template,
             transport,
-            signals,
             notices,
             on_tunnel_end,
             max_tunnels,
             on_tunnel_limit,
         } = self;
+        // The template's own sink, if it has one and no per-peer sink was given.
+        let notices = match notices {
+            None if template.has_notice_sink() => None,
+            notices => Some(notices.unwrap_or_else(|| Arc::new(log_tunnel_notice))),
+        };
         let mut on_tunnel_limit = Some(on_tunnel_limit.unwrap_or_else(|| {
             Arc::new(|max| {
                 tracing::warn!(target: "wsup::forward", max, "tunnel limit reached: further connections wait")
             })
         }));
-        let mut signals = signals.unwrap_or_else(|| tokio::sync::watch::channel(None).1);
+        let mut signals = match template.signal_source() {
+            Some(signals) => signals.clone(),
+            None => tokio::sync::watch::channel(None).1,
+        };
         let mut tunnels = JoinSet::new();
         let mut signals_open = true;
         let sig = loop {
@@ -164,10 +168,10 @@ impl Forwarder {
                 Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {}
                 accepted = listener.accept(), if tunnels.len() < max_tunnels => match accepted {
                     Ok((tcp, peer)) => {
-                        let supervisor = Supervisor::new(config.clone())
-                            .credentials(credentials.clone())
-                            .signals(signals.clone())
-                            .on_notice(tunnel_notices(notices.clone(), peer));
+                        let mut supervisor = template.clone();
+                        if let Some(sink) = &notices {
+                            supervisor = supervisor.on_notice(tunnel_notices(sink.clone(), peer));
+                        }
                         tunnels.spawn(tunnel(
                             supervisor,
                             transport.clone(),
@@ -228,11 +232,11 @@ async fn tunnel(
 }
 
 /// A tunnel's notices, with its TCP peer.
-fn tunnel_notices(sink: Option<TunnelNoticeSink>, peer: SocketAddr) -> NoticeSink {
-    match sink {
-        Some(sink) => Arc::new(move |notice: &Notice| sink(peer, notice)),
-        None => Arc::new(
-            move |notice: &Notice| tracing::info!(target: "wsup::notice", %peer, "{notice:?}"),
-        ),
-    }
+fn tunnel_notices(sink: TunnelNoticeSink, peer: SocketAddr) -> NoticeSink {
+    Arc::new(move |notice: &Notice| sink(peer, notice))
+}
+
+/// Where a tunnel's notices go when nobody asked for them.
+fn log_tunnel_notice(peer: SocketAddr, notice: &Notice) {
+    tracing::info!(target: "wsup::notice", %peer, "{notice:?}");
 }

@@ -380,7 +380,11 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
         }
     };
     let shown_url = redacted_url(&prepared.config.url);
-    let forwarder = match Forwarder::new(listener, prepared.config) {
+    let quiet = common.quiet;
+    let tunnels = Supervisor::new(prepared.config)
+        .credentials(prepared.credentials)
+        .signals(process_signals());
+    let forwarder = match Forwarder::new(listener, tunnels) {
         Ok(f) => f,
         Err(e) => return usage_error(e),
     };
@@ -392,11 +396,8 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
             &format!("forwarding {listen} -> {shown_url}"),
         ),
     }
-    let quiet = common.quiet;
     let kind = credential_kind(common);
     let sig = forwarder
-        .credentials(prepared.credentials)
-        .signals(process_signals())
         .max_tunnels(max_tunnels as usize)
         .on_tunnel_limit(Arc::new(move |max| {
             if !quiet {
@@ -405,7 +406,7 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
                 ));
             }
         }))
-        .on_notice(Arc::new(move |peer, notice| {
+        .on_tunnel_notice(Arc::new(move |peer, notice| {
             if !quiet {
                 let mut fields = report::notice_fields(notice);
                 fields.insert("peer".into(), peer.to_string().into());
