@@ -14,10 +14,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The exit codes, shown by `--help` of wsup and of every supervising subcommand.
+/// The exit codes ([`crate::exit`]), shown by `--help` of wsup and of every supervising
+/// subcommand.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 done (the server closed 1000/1001, or \
     stdin ended and the server closed normally), 2 usage, 65 data rejected, 69 permanent \
-    failure (including a close code forbidden on the wire), 74 output lost, 75 retries \
+    failure (including a close code forbidden on the wire), 73 credentials file cannot be \
+    replaced, 74 output lost, 75 retries \
     exhausted, 77 auth/permission (also when the server rejects us after stdin ended), \
     130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error.";
 

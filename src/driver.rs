@@ -117,7 +117,7 @@ impl Dialer for Transport {
 ///     Ok(outcome) => std::process::exit(outcome.exit_code().into()),
 ///     Err(bad_settings) => {
 ///         eprintln!("{bad_settings}");
-///         std::process::exit(2);
+///         std::process::exit(wsup::exit::USAGE.into());
 ///     }
 /// }
 /// # }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod credentials;
 pub mod demo;
 pub mod driver;
+pub mod exit;
 pub mod forward;
 pub mod machine;
 pub mod manual;
