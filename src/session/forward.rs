@@ -8,10 +8,10 @@
 //! is [`crate::forward::Forwarder`].
 //!
 //! Back-pressure: a tunnel reads at most [`CHUNK`] bytes at a time and holds at most
-//! [`QUEUE_BYTES`] of them waiting for the websocket; frames from the server are written
-//! to the TCP connection before the next one is taken, and the supervisor stops reading
-//! the websocket while the session has a full inbound queue. A slow TCP reader therefore
-//! slows the websocket instead of filling memory.
+//! [`TUNNEL_READ_AHEAD_BYTES`] of them waiting for the websocket; frames from the server
+//! are written to the TCP connection before the next one is taken, and the supervisor
+//! stops reading the websocket while the session has a full inbound queue. A slow TCP
+//! reader therefore slows the websocket instead of filling memory.
 
 use super::{Control, Link, Outbound, Session};
 use bytes::{BufMut, BytesMut};
@@ -30,7 +30,7 @@ pub const CHUNK: usize = 64 * 1024;
 /// the next read waits until the supervisor has taken the previous frame, so the
 /// frame's buffer is reused (docs/benchmarks.md). The kernel's socket buffers hold the
 /// rest.
-pub const QUEUE_BYTES: usize = CHUNK;
+pub const TUNNEL_READ_AHEAD_BYTES: usize = CHUNK;
 
 /// One tunnel: a TCP connection piped through the supervised websocket.
 pub struct ForwardSession {
@@ -100,7 +100,7 @@ enum ReadEnd {
 /// payload into its own buffer). Returning drops the sender: the supervisor sends close
 /// 1000 once everything queued has left.
 async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) -> ReadEnd {
-    let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+    let budget = Arc::new(Semaphore::new(TUNNEL_READ_AHEAD_BYTES));
     let mut buffer = BytesMut::new();
     let mut read_any = false;
     loop {
