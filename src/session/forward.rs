@@ -128,3 +128,26 @@ async fn send_chunks(mut tcp: OwnedReadHalf, outbound: mpsc::Sender<Outbound>) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Sessions never make reconnect decisions: the tunnel's policy is the config's, built
+    /// by the CLI, and the supervisor that applies it is run by `crate::forward`.
+    #[test]
+    fn the_byte_pump_depends_on_no_supervision_layer() {
+        let source = include_str!("forward.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        for forbidden in [
+            "crate::driver",
+            "crate::machine",
+            "crate::transport",
+            "redial_after_connected",
+            "max_retries",
+        ] {
+            assert!(
+                !code.contains(forbidden),
+                "session/forward.rs uses {forbidden}"
+            );
+        }
+    }
+}
