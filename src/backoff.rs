@@ -7,6 +7,7 @@
 //! machine stays deterministic under test.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// A server may ask us to wait, but not for longer than this.
@@ -44,8 +45,12 @@ impl BackoffPolicy {
 
 /// The source of jitter. Seeded in tests, from the OS in production; either way the seed
 /// is kept, so a session's delays can be reproduced from it.
+///
+/// Clones share one source: supervisors cloned from one template (port-forward's
+/// tunnels) draw their delays from the same stream, so their retries do not fall in step.
+#[derive(Clone)]
 pub struct Jitter {
-    source: JitterSource,
+    source: Arc<Mutex<JitterSource>>,
     seed: Option<u64>,
 }
 
@@ -62,7 +67,9 @@ impl Jitter {
 
     pub fn seeded(seed: u64) -> Self {
         Jitter {
-            source: JitterSource::Seeded(fastrand::Rng::with_seed(seed)),
+            source: Arc::new(Mutex::new(JitterSource::Seeded(fastrand::Rng::with_seed(
+                seed,
+            )))),
             seed: Some(seed),
         }
     }
@@ -70,7 +77,7 @@ impl Jitter {
     /// Any source of 64 random bits at all, e.g. one that always returns the ceiling.
     pub fn from_fn(next_u64: impl FnMut() -> u64 + Send + 'static) -> Self {
         Jitter {
-            source: JitterSource::Custom(Box::new(next_u64)),
+            source: Arc::new(Mutex::new(JitterSource::Custom(Box::new(next_u64)))),
             seed: None,
         }
     }
@@ -81,7 +88,10 @@ impl Jitter {
     }
 
     fn next_u64(&mut self) -> u64 {
-        match &mut self.source {
+        // A custom source that panicked leaves the lock poisoned; its state is still a
+        // source of bits.
+        let mut source = self.source.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *source {
             JitterSource::Seeded(rng) => rng.u64(..),
             JitterSource::Custom(next) => next(),
         }
@@ -127,6 +137,18 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clones_of_a_jitter_draw_from_one_stream() {
+        let mut template = Jitter::seeded(7);
+        let mut tunnel = template.clone();
+        let mut alone = Jitter::seeded(7);
+        // Two tunnels cloned from one template do not retry in step: the clone's draw is
+        // the template's next one, not a repeat of its last.
+        assert_eq!(template.next_u64(), alone.next_u64());
+        assert_eq!(tunnel.next_u64(), alone.next_u64());
+        assert_eq!(tunnel.seed(), Some(7));
+    }
 
     #[test]
     fn ceiling_grows_exponentially_then_caps() {

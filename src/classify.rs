@@ -99,13 +99,13 @@ impl Class {
     /// The process exit code for a session that stopped with this class.
     pub fn exit_code(self) -> u8 {
         match self {
-            Class::Done => 0,
-            Class::Transient => 75,
-            Class::Auth | Class::Permission => 77,
-            Class::RejectedData => 65,
-            Class::Permanent => 69,
-            Class::Internal => 1,
-            Class::CannotCreate => 73,
+            Class::Done => crate::exit::OK,
+            Class::Transient => crate::exit::TEMP_FAIL,
+            Class::Auth | Class::Permission => crate::exit::NO_PERM,
+            Class::RejectedData => crate::exit::DATA,
+            Class::Permanent => crate::exit::UNAVAILABLE,
+            Class::Internal => crate::exit::INTERNAL,
+            Class::CannotCreate => crate::exit::CANT_CREATE,
         }
     }
 

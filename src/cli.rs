@@ -14,10 +14,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The exit codes, shown by `--help` of wsup and of every supervising subcommand.
+/// The exit codes ([`crate::exit`]), shown by `--help` of wsup and of every supervising
+/// subcommand.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 done (the server closed 1000/1001, or \
     stdin ended and the server closed normally), 2 usage, 65 data rejected, 69 permanent \
-    failure (including a close code forbidden on the wire), 74 output lost, 75 retries \
+    failure (including a close code forbidden on the wire), 73 credentials file cannot be \
+    replaced, 74 output lost, 75 retries \
     exhausted, 77 auth/permission (also when the server rejects us after stdin ended), \
     130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error.";
 
@@ -90,7 +92,7 @@ pub enum Command {
         listen: String,
         /// Tunnels open at once (1 to 65536); further connections wait in the listen
         /// queue until a tunnel ends.
-        #[arg(long, value_name = "N", default_value_t = crate::session::forward::DEFAULT_MAX_TUNNELS,
+        #[arg(long, value_name = "N", default_value_t = crate::forward::DEFAULT_MAX_TUNNELS,
               value_parser = clap::value_parser!(u32).range(1..=65536))]
         max_tunnels: u32,
     },
@@ -447,6 +449,18 @@ impl CommonArgs {
             credentials,
         })
     }
+}
+
+/// Redials a port-forward tunnel's dial gets when `--max-retries` is not given.
+pub const DEFAULT_TUNNEL_RETRIES: u32 = 5;
+
+/// Port-forward's reconnect policy, built into each tunnel's config: a tunnel redials only
+/// until its websocket is up, because once bytes flow a lost websocket cannot be resumed
+/// (the TCP connection is closed instead), and its dial gets [`DEFAULT_TUNNEL_RETRIES`]
+/// redials unless `--max-retries` gave a number.
+pub fn tunnel_reconnect_policy(machine: &mut MachineConfig) {
+    machine.redial_after_connected = false;
+    machine.max_retries.get_or_insert(DEFAULT_TUNNEL_RETRIES);
 }
 
 /// The common flags alone, as clap sees them.

@@ -117,11 +117,14 @@ impl Dialer for Transport {
 ///     Ok(outcome) => std::process::exit(outcome.exit_code().into()),
 ///     Err(bad_settings) => {
 ///         eprintln!("{bad_settings}");
-///         std::process::exit(2);
+///         std::process::exit(wsup::exit::USAGE.into());
 ///     }
 /// }
 /// # }
 /// ```
+///
+/// A clone is a template: [`crate::forward::Forwarder`] runs a clone per tunnel.
+#[derive(Clone)]
 pub struct Supervisor {
     config: Config,
     credentials: Arc<dyn Credentials>,
@@ -181,6 +184,27 @@ impl Supervisor {
     pub fn signals(mut self, signals: SignalWatch) -> Self {
         self.signals = Some(signals);
         self
+    }
+
+    /// The transport every run dials through: the one given, or built now from the config
+    /// and kept, so that clones share it. `Err`: what [`Supervisor::run`] would return.
+    pub(crate) fn shared_transport(&mut self) -> Result<Transport, crate::transport::UsageError> {
+        let transport = match self.transport.take() {
+            Some(t) => t,
+            None => Transport::new(self.config.transport.clone())?,
+        };
+        self.transport = Some(transport.clone());
+        Ok(transport)
+    }
+
+    /// The signal source given with [`Supervisor::signals`], if any.
+    pub(crate) fn signal_source(&self) -> Option<&SignalWatch> {
+        self.signals.as_ref()
+    }
+
+    /// Whether [`Supervisor::on_notice`] was given a sink.
+    pub(crate) fn has_notice_sink(&self) -> bool {
+        self.notices.is_some()
     }
 
     /// Supervise until the session ends; returns how it ended.

@@ -10,6 +10,8 @@ pub mod cli;
 pub mod credentials;
 pub mod demo;
 pub mod driver;
+pub mod exit;
+pub mod forward;
 pub mod machine;
 pub mod manual;
 pub mod report;

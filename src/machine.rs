@@ -170,12 +170,12 @@ pub enum OutputLoss {
 impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Done => 0,
+            Outcome::Done => crate::exit::OK,
             Outcome::Stopped { class, .. } => class.exit_code(),
-            Outcome::RetriesExhausted { .. } => 75,
-            Outcome::Signal(Sig::Interrupt) | Outcome::Interrupted => 130,
-            Outcome::Signal(Sig::Terminate) => 143,
-            Outcome::OutputLost(_) => 74,
+            Outcome::RetriesExhausted { .. } => crate::exit::TEMP_FAIL,
+            Outcome::Signal(Sig::Interrupt) | Outcome::Interrupted => crate::exit::SIGINT,
+            Outcome::Signal(Sig::Terminate) => crate::exit::SIGTERM,
+            Outcome::OutputLost(_) => crate::exit::IO_ERROR,
         }
     }
 }

@@ -9,16 +9,15 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use wsup::cli::{Cli, Command, CommonArgs, LogFormat, ServeArgs};
 use wsup::driver::{process_signals, NoticeSink};
-use wsup::machine::{Notice, Outcome, OutputLoss, Sig};
+use wsup::exit;
+use wsup::forward::Forwarder;
+use wsup::machine::{Notice, Outcome, Sig};
 use wsup::report::{self, CredentialKind};
 use wsup::session::connect::ConnectSession;
-use wsup::session::forward::Forwarder;
 use wsup::session::logs::LogsSession;
 use wsup::session::shell::{self, ShellSession, TerminalStderr};
 use wsup::{Session, Supervisor};
 
-const EXIT_USAGE: u8 = 2;
-const EXIT_INTERNAL: u8 = 1;
 /// `wsup shell`'s default `--drain-timeout`.
 const SHELL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -64,7 +63,7 @@ fn main() {
                 "error",
                 &format!("cannot start the async runtime: {e}"),
             );
-            std::process::exit(EXIT_INTERNAL.into());
+            std::process::exit(exit::INTERNAL.into());
         }
     };
     // The supervisor runs as a spawned task, on a worker thread, next to its session:
@@ -72,11 +71,8 @@ fn main() {
     // threads (round trips measured 0.64× of the library's in benches/e2e/).
     let code = runtime
         .block_on(async { tokio::spawn(run(cli, given)).await })
-        .unwrap_or(EXIT_INTERNAL);
-    if [Sig::Interrupt, Sig::Terminate]
-        .map(|sig| Outcome::Signal(sig).exit_code())
-        .contains(&code)
-    {
+        .unwrap_or(exit::INTERNAL);
+    if [exit::SIGINT, exit::SIGTERM].contains(&code) {
         // A signal wins (exit within 100 ms): stdout may be a pipe nobody reads any more
         // (a paused pager, a stuck consumer), and a flush, std's own at exit included,
         // would wait for its reader. What the session wrote before is out; the rest is
@@ -87,7 +83,7 @@ fn main() {
     // Not after lost output: a write still blocked on a reader that never reads (past
     // --drain-timeout) holds stdout's lock, and a flush would wait for it forever.
     // (std's own flush at exit only tries the lock.)
-    if code != Outcome::OutputLost(OutputLoss::WriteFailed(String::new())).exit_code() {
+    if code != exit::IO_ERROR {
         let _ = std::io::stdout().flush();
     }
     // Exit while the runtime is still alive: dropping it would wait for the blocking
@@ -99,10 +95,10 @@ fn main() {
 /// closed pipe, a full disk).
 fn exit_after_printing(written: std::io::Result<()>) -> ! {
     match written.and_then(|()| std::io::stdout().flush()) {
-        Ok(()) => std::process::exit(0),
+        Ok(()) => std::process::exit(exit::OK.into()),
         Err(e) => {
             eprint_message("wsup", "error", &format!("cannot write to stdout: {e}"));
-            std::process::exit(74);
+            std::process::exit(exit::IO_ERROR.into());
         }
     }
 }
@@ -162,7 +158,7 @@ fn exit_on_parse_error(e: clap::Error) -> ! {
         names => format!("; did you mean {}?", names.join(" or ")),
     };
     eprint_message("wsup", "error", &format!("{line}{tip} (see wsup --help)"));
-    std::process::exit(EXIT_USAGE.into());
+    std::process::exit(exit::USAGE.into());
 }
 
 async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
@@ -238,12 +234,12 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
         } => port_forward(&common, &url, &listen, max_tunnels).await,
         Command::Serve(args) => serve(args).await,
         // Printed and exited in main, before the runtime starts.
-        Command::Completions { .. } | Command::Man => 0,
+        Command::Completions { .. } | Command::Man => exit::OK,
         Command::Demo => {
             // The flags are applied to the tour's settings and checked before the server
             // starts; the URL is the server's, known only once it listens.
             let Ok(placeholder) = "ws://127.0.0.1/".parse() else {
-                return EXIT_INTERNAL;
+                return exit::INTERNAL;
             };
             let mut tuned = wsup::demo::tour_config(placeholder);
             if let Err(e) = common.tune_demo(&given, &mut tuned) {
@@ -258,7 +254,7 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
             {
                 Ok(outcome) => {
                     let code = finish(&outcome, &CredentialKind::Refreshable);
-                    if code == 0 {
+                    if code == exit::OK {
                         eprint_message(
                             "wsup demo",
                             "info",
@@ -269,17 +265,17 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
                 }
                 Err(e) => {
                     eprint_message("wsup demo", "error", &e.to_string());
-                    EXIT_INTERNAL
+                    exit::INTERNAL
                 }
             }
         }
         Command::States { format } => {
             let diagram = wsup::states::render(format);
             match std::io::stdout().write_all(diagram.as_bytes()) {
-                Ok(()) => 0,
+                Ok(()) => exit::OK,
                 Err(e) => {
                     eprintln!("wsup states: cannot write the diagram: {e}");
-                    74
+                    exit::IO_ERROR
                 }
             }
         }
@@ -320,7 +316,7 @@ async fn supervise_draining<S: Session>(
 
 fn usage_error(e: impl std::fmt::Display) -> u8 {
     eprint_message("wsup", "error", &e.to_string());
-    EXIT_USAGE
+    exit::USAGE
 }
 
 fn credential_kind(common: &CommonArgs) -> CredentialKind {
@@ -358,12 +354,11 @@ fn finish(outcome: &Outcome, kind: &CredentialKind) -> u8 {
 }
 
 async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels: u32) -> u8 {
-    // The forwarder makes tunnels stop once connected (`redial_after_connected = false`)
-    // and gives each tunnel's dial `DEFAULT_TUNNEL_RETRIES` without `--max-retries`.
-    let prepared = match common.prepare(url) {
+    let mut prepared = match common.prepare(url) {
         Ok(p) => p,
         Err(e) => return usage_error(e),
     };
+    wsup::cli::tunnel_reconnect_policy(&mut prepared.config.machine);
     // A bare port listens on loopback only.
     let listen = match listen.parse::<u16>() {
         Ok(port) => format!("127.0.0.1:{port}"),
@@ -374,14 +369,18 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
         Err(e) => {
             eprint_message("wsup", "error", &format!("cannot listen on {listen}: {e}"));
             return if e.kind() == std::io::ErrorKind::InvalidInput {
-                EXIT_USAGE
+                exit::USAGE
             } else {
-                69
+                exit::UNAVAILABLE
             };
         }
     };
     let shown_url = redacted_url(&prepared.config.url);
-    let forwarder = match Forwarder::new(listener, prepared.config) {
+    let quiet = common.quiet;
+    let tunnels = Supervisor::new(prepared.config)
+        .credentials(prepared.credentials)
+        .signals(process_signals());
+    let forwarder = match Forwarder::new(listener, tunnels) {
         Ok(f) => f,
         Err(e) => return usage_error(e),
     };
@@ -393,11 +392,8 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
             &format!("forwarding {listen} -> {shown_url}"),
         ),
     }
-    let quiet = common.quiet;
     let kind = credential_kind(common);
     let sig = forwarder
-        .credentials(prepared.credentials)
-        .signals(process_signals())
         .max_tunnels(max_tunnels as usize)
         .on_tunnel_limit(Arc::new(move |max| {
             if !quiet {
@@ -406,7 +402,7 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
                 ));
             }
         }))
-        .on_notice(Arc::new(move |peer, notice| {
+        .on_tunnel_notice(Arc::new(move |peer, notice| {
             if !quiet {
                 let mut fields = report::notice_fields(notice);
                 fields.insert("peer".into(), peer.to_string().into());
@@ -489,7 +485,7 @@ fn stderr_line(
 
 /// The final line is an error unless the session ended well.
 fn final_level(outcome: &Outcome) -> &'static str {
-    if outcome.exit_code() == 0 {
+    if outcome.exit_code() == exit::OK {
         "info"
     } else {
         "error"
@@ -538,9 +534,9 @@ async fn serve(args: ServeArgs) -> u8 {
                 &format!("cannot listen on {}: {e}", args.listen),
             );
             return if e.kind() == std::io::ErrorKind::InvalidInput {
-                EXIT_USAGE
+                exit::USAGE
             } else {
-                69
+                exit::UNAVAILABLE
             };
         }
     };

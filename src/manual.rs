@@ -7,21 +7,24 @@
 //! status table and the environment variables.
 
 use crate::cli::Cli;
+use crate::exit;
 use clap::CommandFactory;
 use roff::{bold, italic, roman, Inline, Roff};
 use std::io::Write;
 
 /// The exit status table, in the order a reader looks for them.
 pub const EXIT_CODES: &[(u8, &str)] = &[
-    (0, "the session ended normally (stdin closed, the server closed with 1000)"),
-    (1, "an internal error (a bug in wsup)"),
-    (2, "usage error: a bad flag, URL, header, credentials file or certificate"),
-    (65, "the server rejected the data (close 1003, 1007 or 1009)"),
-    (69, "a permanent failure: retrying cannot help (HTTP 404, close 1002, an unlisted 4xxx close, TLS errors)"),
-    (75, "transient failures (network, 5xx, close 1011, ...) exhausted --max-retries"),
-    (77, "authentication or permission refused (HTTP 401/403, close 1008), even after a token refresh"),
-    (130, "SIGINT, or Ctrl+C while not connected"),
-    (143, "SIGTERM"),
+    (exit::OK, "the session ended normally (stdin closed, the server closed with 1000)"),
+    (exit::INTERNAL, "an internal error (a bug in wsup)"),
+    (exit::USAGE, "usage error: a bad flag, URL, header, credentials file or certificate"),
+    (exit::DATA, "the server rejected the data (close 1003, 1007 or 1009)"),
+    (exit::UNAVAILABLE, "a permanent failure: retrying cannot help (HTTP 404, close 1002, an unlisted 4xxx close, TLS errors)"),
+    (exit::CANT_CREATE, "the credentials file cannot be replaced (its directory is not writable, or it cannot be locked)"),
+    (exit::IO_ERROR, "output lost: a write error on stdout other than a broken pipe, or --drain-timeout passed with bytes not written"),
+    (exit::TEMP_FAIL, "transient failures (network, 5xx, close 1011, ...) exhausted --max-retries"),
+    (exit::NO_PERM, "authentication or permission refused (HTTP 401/403, close 1008), even after a token refresh"),
+    (exit::SIGINT, "SIGINT, or Ctrl+C while not connected"),
+    (exit::SIGTERM, "SIGTERM"),
 ];
 
 /// The environment variables wsup reads.
@@ -184,4 +187,34 @@ fn arg_usage(arg: &clap::Arg) -> Vec<Inline> {
 /// An option with a value, not a switch (whose "default" is merely "off").
 fn takes_value(arg: &clap::Arg) -> bool {
     arg.get_num_args().is_some_and(|n| n.takes_values())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_man_page_and_help_list_every_exit_code() {
+        let every = [
+            exit::OK,
+            exit::INTERNAL,
+            exit::USAGE,
+            exit::DATA,
+            exit::UNAVAILABLE,
+            exit::CANT_CREATE,
+            exit::IO_ERROR,
+            exit::TEMP_FAIL,
+            exit::NO_PERM,
+            exit::SIGINT,
+            exit::SIGTERM,
+        ];
+        let listed: Vec<u8> = EXIT_CODES.iter().map(|(code, _)| *code).collect();
+        for code in every {
+            assert!(listed.contains(&code), "the man page lacks exit {code}");
+            assert!(
+                crate::cli::EXIT_CODES_HELP.contains(&format!(" {code} ")),
+                "--help lacks exit {code}"
+            );
+        }
+    }
 }

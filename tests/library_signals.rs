@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use wsup::session::forward::Forwarder;
+use wsup::forward::Forwarder;
 use wsup::session::{Link, Session};
 use wsup::{Config, Outcome, Supervisor};
 
@@ -74,12 +74,14 @@ async fn library_supervisor_and_forwarder_leave_sigint_and_sigterm_alone() {
     config.machine.max_retries = Some(0);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
-    let forwarder = Forwarder::new(listener, config)
-        .expect("valid settings")
-        .on_notice(Arc::new(|_, _| {}))
-        .on_tunnel_end(Arc::new(move |_, outcome| {
-            let _ = ended_tx.send(outcome.clone());
-        }));
+    let forwarder = Forwarder::new(
+        listener,
+        Supervisor::new(config).on_notice(Arc::new(|_| {})),
+    )
+    .expect("valid settings")
+    .on_tunnel_end(Arc::new(move |_, outcome| {
+        let _ = ended_tx.send(outcome.clone());
+    }));
     let addr = forwarder.local_addr().unwrap();
     let running = tokio::spawn(forwarder.run());
     // One tunnel through it: once it ended, the listener has been running for a while.

@@ -11,10 +11,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Lines read while offline wait in a queue of at most this many bytes; past it, input
 /// is simply not read (back-pressure), so nothing is ever dropped.
-pub const QUEUE_BYTES: usize = 1 << 20;
+pub const OFFLINE_QUEUE_BYTES: usize = 1 << 20;
 
-/// What a queued line costs against [`QUEUE_BYTES`] on top of its own bytes: its entry
-/// in the queue (the message and its permit, 72 bytes on 64-bit targets) and the
+/// What a queued line costs against [`OFFLINE_QUEUE_BYTES`] on top of its own bytes: its
+/// entry in the queue (the message and its permit, 72 bytes on 64-bit targets) and the
 /// allocator's share of its text (header and rounding). With it the 1 MiB bound holds
 /// for the memory the queue really uses, empty lines included: at most 10,922 lines
 /// wait at once.
@@ -23,7 +23,7 @@ pub const LINE_OVERHEAD: usize = 96;
 /// The most lines that can wait at once (each costs at least [`LINE_OVERHEAD`]): the
 /// room the session asks of its link, so that the byte budget alone decides when stdin
 /// stops being read.
-pub const QUEUE_LINES: usize = QUEUE_BYTES / LINE_OVERHEAD;
+pub const OFFLINE_QUEUE_LINES: usize = OFFLINE_QUEUE_BYTES / LINE_OVERHEAD;
 
 /// The longest line sent unless the session is told otherwise: the largest message the
 /// connection takes ([`crate::transport::MAX_MESSAGE_SIZE`], 64 MiB).
@@ -71,7 +71,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     fn outbound_capacity(&self) -> usize {
-        QUEUE_LINES
+        OFFLINE_QUEUE_LINES
     }
 
     async fn run(self, link: Link) {
@@ -145,7 +145,7 @@ async fn send_lines<R: AsyncRead + Unpin>(
     outbound: &mpsc::Sender<Outbound>,
     max_line: usize,
 ) -> Result<(), Failure> {
-    let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+    let budget = Arc::new(Semaphore::new(OFFLINE_QUEUE_BYTES));
     let mut input = BufReader::with_capacity(READ_CHUNK, input);
     let mut line = Vec::new();
     let too_long = || {
@@ -170,7 +170,7 @@ async fn send_lines<R: AsyncRead + Unpin>(
         }
         // A line larger than the whole budget takes all of it: it waits for an empty
         // queue, then goes alone.
-        let cost = (text.len() + LINE_OVERHEAD).min(QUEUE_BYTES) as u32;
+        let cost = (text.len() + LINE_OVERHEAD).min(OFFLINE_QUEUE_BYTES) as u32;
         let Ok(permit) = budget.clone().acquire_many_owned(cost).await else {
             return Ok(());
         };
@@ -353,20 +353,20 @@ mod tests {
         let entry = std::mem::size_of::<Outbound>();
         assert!(entry <= LINE_OVERHEAD, "{entry} bytes");
         // No more lines than that can ever hold their permits at once.
-        const { assert!((QUEUE_LINES + 1) * LINE_OVERHEAD > QUEUE_BYTES) };
+        const { assert!((OFFLINE_QUEUE_LINES + 1) * LINE_OVERHEAD > OFFLINE_QUEUE_BYTES) };
     }
 
     #[tokio::test]
     async fn empty_lines_fill_the_budget_at_their_overhead() {
-        // QUEUE_LINES empty lines use the whole 1 MiB budget: the next one waits until
-        // one of them is released, even though the link has room for more.
-        let input = vec![b'\n'; QUEUE_LINES + 1];
-        let (tx, mut rx) = mpsc::channel(QUEUE_LINES + 16);
+        // OFFLINE_QUEUE_LINES empty lines use the whole 1 MiB budget: the next one waits
+        // until one of them is released, even though the link has room for more.
+        let input = vec![b'\n'; OFFLINE_QUEUE_LINES + 1];
+        let (tx, mut rx) = mpsc::channel(OFFLINE_QUEUE_LINES + 16);
         let reader = tokio::spawn(async move {
             send_lines(std::io::Cursor::new(input), &tx, DEFAULT_MAX_LINE).await
         });
-        let mut held = Vec::with_capacity(QUEUE_LINES);
-        for _ in 0..QUEUE_LINES {
+        let mut held = Vec::with_capacity(OFFLINE_QUEUE_LINES);
+        for _ in 0..OFFLINE_QUEUE_LINES {
             held.push(rx.recv().await.unwrap());
         }
         // Single-threaded test runtime: give the reader every chance to run ahead.

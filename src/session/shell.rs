@@ -33,7 +33,7 @@ pub const CTRL_C: u8 = 0x03;
 
 /// Input read while offline waits in a queue of at most this many bytes; past it, stdin
 /// is not read (back-pressure), so nothing typed is dropped.
-pub const QUEUE_BYTES: usize = 1 << 20;
+pub const SHELL_INPUT_QUEUE_BYTES: usize = 1 << 20;
 
 /// Bytes read from stdin at once: one read, one binary frame.
 const READ_CHUNK: usize = 4096;
@@ -334,7 +334,7 @@ async fn send_input<R: AsyncRead + Unpin>(
     outbound: mpsc::Sender<Outbound>,
     control: mpsc::Sender<Control>,
 ) {
-    let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
+    let budget = Arc::new(Semaphore::new(SHELL_INPUT_QUEUE_BYTES));
     let mut buffer = vec![0u8; READ_CHUNK];
     loop {
         let read = match input.read(&mut buffer).await {
@@ -366,7 +366,7 @@ async fn send_input<R: AsyncRead + Unpin>(
             // releases the permits as it hands the bytes to the socket).
             let _ = tokio::time::timeout(
                 INTERRUPT_ORDER_WAIT,
-                budget.acquire_many(QUEUE_BYTES as u32),
+                budget.acquire_many(SHELL_INPUT_QUEUE_BYTES as u32),
             )
             .await;
             if control.send(Control::Interrupt).await.is_err() {
