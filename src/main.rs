@@ -325,15 +325,31 @@ fn usage_error(e: impl std::fmt::Display) -> u8 {
 }
 
 /// `--token-command`'s first run, before anything is dialed: `Err` with the exit code
-/// (2 when it cannot work at all, 77 when it failed), the reason printed.
+/// (2 when it cannot work at all, 77 when it failed), the reason printed. SIGINT or
+/// SIGTERM meanwhile stops it (and the command) at once, as in any other state.
 async fn first_token(prepared: &wsup::cli::Prepared) -> Result<(), u8> {
     let Some(command) = &prepared.token_command else {
         return Ok(());
     };
-    command.first_run().await.map_err(|e| {
-        eprint_message("wsup", "error", &e.message);
-        e.exit_code
-    })
+    let mut signals = process_signals();
+    let signalled = async {
+        loop {
+            if let Some(sig) = *signals.borrow_and_update() {
+                return sig;
+            }
+            if signals.changed().await.is_err() {
+                // No signal thread: nothing will ever arrive.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        result = command.first_run() => result.map_err(|e| {
+            eprint_message("wsup", "error", &e.message);
+            e.exit_code
+        }),
+        sig = signalled => Err(finish(&Outcome::Signal(sig), &CredentialKind::Refreshable)),
+    }
 }
 
 fn credential_kind(common: &CommonArgs) -> CredentialKind {

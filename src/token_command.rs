@@ -255,7 +255,9 @@ async fn run_command(command: &str, timeout: Duration) -> Result<Vec<u8>, RunErr
     let mut child = child
         .spawn()
         .map_err(|e| RunError::CannotStart(e.to_string()))?;
-    let pid = child.id();
+    // Whatever ends this run (done, timed out, or the caller gone on a signal), nothing
+    // the command started outlives it.
+    let _group = KillGroupOnDrop(child.id());
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let finished = async {
@@ -268,14 +270,11 @@ async fn run_command(command: &str, timeout: Duration) -> Result<Vec<u8>, RunErr
     };
     let outcome = tokio::time::timeout(timeout, finished).await;
     let Ok((stdout, stderr, status)) = outcome else {
-        kill_group(pid);
+        drop(_group);
         let _ = child.start_kill();
         let _ = child.wait().await;
         return Err(RunError::TimedOut(timeout));
     };
-    // A command that left a background process holding the pipes open is done when it
-    // exits; whatever it started is not ours to keep.
-    kill_group(pid);
     let status = status.map_err(|e| RunError::CannotStart(e.to_string()))?;
     if !status.success() {
         return Err(RunError::Failed {
@@ -304,19 +303,22 @@ fn exit_status(status: &std::process::ExitStatus) -> i32 {
     status.code().unwrap_or(-1)
 }
 
-#[cfg(unix)]
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|pid| libc::pid_t::try_from(pid).ok()) {
-        // SAFETY: a plain system call; the group is the command's own session (setsid),
-        // which holds nothing of ours.
-        unsafe {
-            libc::killpg(pid, libc::SIGKILL);
+/// Kills the command's process group (its session, see `setsid` above) when dropped:
+/// a background process it left behind is not ours to keep.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pid) = self.0.and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+            // SAFETY: a plain system call; the group is the command's own session,
+            // which holds nothing of ours.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
         }
     }
 }
-
-#[cfg(not(unix))]
-fn kill_group(_pid: Option<u32>) {}
 
 /// The first `limit` bytes, or `None` when there were more (read to the end all the same,
 /// so that the command never blocks on a full pipe).

@@ -356,3 +356,50 @@ async fn a_later_run_that_fails_stops_with_77_and_its_stderr_line() {
     assert_eq!(runs(dir.path()), 2);
     assert_eq!(server.connection_count(), 1);
 }
+
+#[tokio::test]
+async fn sigint_during_the_first_run_exits_130_at_once_and_kills_the_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let pid_file = dir.path().join("sleep.pid");
+    // The command says when it runs (and which process is its sleep), then hangs.
+    let command = format!(
+        "sleep 60 & echo $! > '{p}'; touch '{s}'; wait",
+        p = pid_file.display(),
+        s = started.display()
+    );
+    let wsup = connect_with_command("ws://127.0.0.1:9/", &command, &[]);
+    let deadline = std::time::Instant::now() + support::BOUND;
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let signalled = wsup.signal("INT");
+    let done = wsup.finish().await;
+    done.assert_code(130).assert_stderr_contains("interrupted");
+    assert!(
+        done.exited_at - signalled < Duration::from_secs(2),
+        "exited {:?} after the signal",
+        done.exited_at - signalled
+    );
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stat_path = format!("/proc/{}/stat", pid.trim());
+    // Gone, or a zombie (dead, not yet reaped by its new parent).
+    let is_dead = || {
+        std::fs::read_to_string(&stat_path).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + support::BOUND;
+    while !is_dead() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command's sleep outlived wsup"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
