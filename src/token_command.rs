@@ -36,7 +36,8 @@ pub enum RunError {
     },
     /// It did not finish within the limit (it was killed, with its process group).
     TimedOut(Duration),
-    /// `sh` itself could not be started.
+    /// `sh` itself could not be started, or it could not start the program (exit status
+    /// 126 or 127).
     CannotStart(String),
     /// It succeeded but printed nothing usable. The reason never contains the output.
     Unusable(String),
@@ -276,9 +277,18 @@ async fn run_command(command: &str, timeout: Duration) -> Result<Vec<u8>, RunErr
         return Err(RunError::TimedOut(timeout));
     };
     let status = status.map_err(|e| RunError::CannotStart(e.to_string()))?;
+    let exit_status = exit_status(&status);
+    // The shell's own "command not found" (127) and "not executable" (126): the program
+    // did not start, which is no verdict on the credentials behind it.
+    if matches!(exit_status, 126 | 127) {
+        return Err(RunError::CannotStart(format!(
+            "exit status {exit_status}: {}",
+            last_line(&stderr)
+        )));
+    }
     if !status.success() {
         return Err(RunError::Failed {
-            exit_status: exit_status(&status),
+            exit_status,
             last_stderr_line: last_line(&stderr),
         });
     }

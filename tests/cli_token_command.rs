@@ -191,6 +191,18 @@ async fn a_command_past_the_timeout_is_a_usage_error_at_once() {
 }
 
 #[tokio::test]
+async fn a_command_that_does_not_exist_is_a_usage_error() {
+    let server = Server::always(Behaviour::close(1000, "")).await;
+    let done = connect_with_command(&server.url(), "wsup-no-such-helper --print-token", &[])
+        .finish()
+        .await;
+    done.assert_code(2).assert_stderr_contains(
+        "token command `wsup-no-such-helper --print-token` could not be started: exit status 127",
+    );
+    assert_eq!(server.connection_count(), 0);
+}
+
+#[tokio::test]
 async fn unusable_output_is_a_usage_error_naming_the_command_never_the_value() {
     let server = Server::always(Behaviour::close(1000, "")).await;
     for (command, why) in [
