@@ -47,6 +47,11 @@ pub enum Failure {
     /// A file wsup must replace (the credentials file) cannot be: its directory is not
     /// writable, or the file cannot be locked. Found before a refresh token is spent.
     CannotCreate(String),
+    /// `--token-command` gave no token on a refresh. `transient`: it timed out or could
+    /// not start, and may work next time; otherwise it failed (or printed no usable
+    /// token), which only the user can fix, as a rejected refresh token. `detail` names
+    /// the command and carries its last stderr line.
+    TokenCommand { transient: bool, detail: String },
 }
 
 /// Which part of the network failed. All of them are transient except the last three: a
@@ -159,6 +164,10 @@ impl ClassifyRules {
             Failure::Internal(_) => Class::Internal,
             Failure::InputRejected(_) => Class::RejectedData,
             Failure::CannotCreate(_) => Class::CannotCreate,
+            Failure::TokenCommand {
+                transient: true, ..
+            } => Class::Transient,
+            Failure::TokenCommand { .. } => Class::Auth,
         }
     }
 
@@ -374,6 +383,7 @@ impl fmt::Display for Failure {
             Failure::Internal(detail) => write!(f, "internal error: {}", escape_untrusted(detail)),
             Failure::InputRejected(detail) => f.write_str(detail),
             Failure::CannotCreate(detail) => f.write_str(&escape_untrusted(detail)),
+            Failure::TokenCommand { detail, .. } => f.write_str(&escape_untrusted(detail)),
         }
     }
 }
@@ -464,6 +474,7 @@ impl Failure {
             Failure::Internal(_) => "internal".into(),
             Failure::InputRejected(_) => "input rejected".into(),
             Failure::CannotCreate(_) => "cannot create".into(),
+            Failure::TokenCommand { .. } => "token command".into(),
         }
     }
 }
@@ -806,5 +817,21 @@ mod tests {
         assert_eq!(class, Class::CannotCreate);
         assert_eq!(class.exit_code(), 73);
         assert_eq!(f.to_string(), "cannot create a file in /etc/wsup");
+    }
+
+    #[test]
+    fn a_failed_token_command_is_auth_and_one_that_did_not_run_is_transient() {
+        let rules = ClassifyRules::default();
+        let failed = Failure::TokenCommand {
+            transient: false,
+            detail: "token command `x` failed (exit status 1): \u{1b}[2J".into(),
+        };
+        assert_eq!(rules.classify(&failed), Class::Auth);
+        assert!(!failed.to_string().chars().any(char::is_control));
+        let timed_out = Failure::TokenCommand {
+            transient: true,
+            detail: "token command `x` did not finish within 30s".into(),
+        };
+        assert_eq!(rules.classify(&timed_out), Class::Transient);
     }
 }

@@ -7,6 +7,7 @@ use crate::classify::ClassifyRules;
 use crate::credentials::{Anonymous, Credentials, CredentialsFile, StaticToken};
 use crate::driver::Config;
 use crate::machine::MachineConfig;
+use crate::token_command::TokenCommand;
 use crate::transport::{self, is_header_safe, TransportConfig, UsageError, NOT_HEADER_SAFE};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -184,7 +185,8 @@ pub struct CommonArgs {
     /// [default: none].
     #[arg(long, global = true, value_name = "FILE")]
     pub credentials: Option<PathBuf>,
-    /// Scheme of the Authorization header sent with --token-env or --credentials.
+    /// Scheme of the Authorization header sent with --token-env, --credentials or
+    /// --token-command.
     #[arg(long, global = true, default_value = "Bearer")]
     pub auth_scheme: String,
     /// Redials allowed after failures since the last stable connection (0 = never)
@@ -240,6 +242,17 @@ pub struct CommonArgs {
     /// (so replies are not cut off), then close; 0 closes at once.
     #[arg(long, global = true, value_parser = parse_bounded_duration, default_value = "1s")]
     pub linger: Duration,
+    /// Get the token from this shell command (run with `sh -c`, no terminal, stdin
+    /// closed): its stdout is the token, bare or JSON {access_token, expires_in}, {token,
+    /// expiration_timestamp} or kubectl's ExecCredential; run again before the token
+    /// expires and once when it is rejected [default: none].
+    #[arg(long, global = true, value_name = "CMD", conflicts_with_all = ["token_env", "credentials"])]
+    pub token_command: Option<String>,
+    /// How long one run of --token-command may take (a duration); past it, the command
+    /// and everything it started are killed.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration,
+          default_value = "30s", requires = "token_command")]
+    pub token_command_timeout: Duration,
 }
 
 /// The largest value a duration flag takes: 1 day (the error message says so). Far
@@ -344,6 +357,9 @@ fn check_token_url(
 pub struct Prepared {
     pub config: Config,
     pub credentials: Arc<dyn Credentials>,
+    /// `--token-command`, also in `credentials`: run it once with
+    /// [`TokenCommand::first_run`] before anything is dialed.
+    pub token_command: Option<Arc<TokenCommand>>,
 }
 
 impl CommonArgs {
@@ -394,7 +410,13 @@ impl CommonArgs {
                 None => Arc::new(Anonymous),
             },
         };
-        let sends_credentials = credentials.authorization().is_some()
+        let token_command = self.token_command()?;
+        let credentials = match &token_command {
+            Some(command) => command.clone() as Arc<dyn Credentials>,
+            None => credentials,
+        };
+        let sends_credentials = token_command.is_some()
+            || credentials.authorization().is_some()
             || headers
                 .iter()
                 .any(|(name, _)| transport::is_credential_header(name));
@@ -447,7 +469,29 @@ impl CommonArgs {
         Ok(Prepared {
             config,
             credentials,
+            token_command,
         })
+    }
+
+    /// `--token-command`, checked but not run yet (clap refuses it with --token-env and
+    /// --credentials).
+    fn token_command(&self) -> Result<Option<Arc<TokenCommand>>, UsageError> {
+        let Some(command) = &self.token_command else {
+            return Ok(None);
+        };
+        if command.trim().is_empty() {
+            return Err(UsageError::Invalid("--token-command is empty".into()));
+        }
+        if self.token_command_timeout.is_zero() {
+            return Err(UsageError::Invalid(
+                "--token-command-timeout must be more than 0".into(),
+            ));
+        }
+        Ok(Some(Arc::new(TokenCommand::new(
+            command,
+            &self.auth_scheme,
+            self.token_command_timeout,
+        ))))
     }
 }
 

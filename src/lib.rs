@@ -19,6 +19,7 @@ pub mod serve;
 pub mod session;
 pub mod states;
 pub mod tls;
+pub mod token_command;
 pub mod transport;
 
 pub use driver::{Config, Supervisor};

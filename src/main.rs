@@ -304,6 +304,7 @@ async fn supervise_draining<S: Session>(
     drain_timeout: Option<Duration>,
 ) -> Result<Outcome, u8> {
     let prepared = common.prepare(url).map_err(usage_error)?;
+    first_token(&prepared).await?;
     Supervisor::new(prepared.config)
         .credentials(prepared.credentials)
         .on_notice(notices)
@@ -319,7 +320,38 @@ fn usage_error(e: impl std::fmt::Display) -> u8 {
     exit::USAGE
 }
 
+/// `--token-command`'s first run, before anything is dialed: `Err` with the exit code
+/// (2 when it cannot work at all, 77 when it failed), the reason printed. SIGINT or
+/// SIGTERM meanwhile stops it (and the command) at once, as in any other state.
+async fn first_token(prepared: &wsup::cli::Prepared) -> Result<(), u8> {
+    let Some(command) = &prepared.token_command else {
+        return Ok(());
+    };
+    let mut signals = process_signals();
+    let signalled = async {
+        loop {
+            if let Some(sig) = *signals.borrow_and_update() {
+                return sig;
+            }
+            if signals.changed().await.is_err() {
+                // No signal thread: nothing will ever arrive.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        result = command.first_run() => result.map_err(|e| {
+            eprint_message("wsup", "error", &e.message);
+            e.exit_code
+        }),
+        sig = signalled => Err(finish(&Outcome::Signal(sig), &CredentialKind::Refreshable)),
+    }
+}
+
 fn credential_kind(common: &CommonArgs) -> CredentialKind {
+    if common.token_command.is_some() {
+        return CredentialKind::Refreshable;
+    }
     match (&common.token_env, &common.credentials) {
         (Some(var), _) => CredentialKind::StaticEnv(var.clone()),
         (None, Some(path)) => CredentialKind::File(path.display().to_string()),
@@ -359,6 +391,9 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
         Err(e) => return usage_error(e),
     };
     wsup::cli::tunnel_reconnect_policy(&mut prepared.config.machine);
+    if let Err(code) = first_token(&prepared).await {
+        return code;
+    }
     // A bare port listens on loopback only.
     let listen = match listen.parse::<u16>() {
         Ok(port) => format!("127.0.0.1:{port}"),

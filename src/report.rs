@@ -191,6 +191,9 @@ fn add_failure(fields: &mut serde_json::Map<String, serde_json::Value>, failure:
 
 fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
     match (class, failure) {
+        (Class::Auth, Failure::TokenCommand { .. }) => {
+            "the token command gave no token: fix what it reports (a login, typically), then run wsup again".into()
+        }
         (Class::Auth, Failure::Refresh { .. }) => match creds {
             CredentialKind::File(path) => format!(
                 "the refresh token in {path} is no longer accepted: log in again to get new credentials"

@@ -127,6 +127,10 @@ fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Class {
         Failure::Internal(_) => Class::Internal,
         Failure::InputRejected(_) => Class::RejectedData,
         Failure::CannotCreate(_) => Class::CannotCreate,
+        Failure::TokenCommand {
+            transient: true, ..
+        } => Class::Transient,
+        Failure::TokenCommand { .. } => Class::Auth,
     }
 }
 
