@@ -10,6 +10,7 @@ pub mod cli;
 pub mod credentials;
 pub mod demo;
 pub mod driver;
+pub mod headers;
 pub mod machine;
 pub mod manual;
 pub mod report;

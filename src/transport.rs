@@ -28,11 +28,14 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError, TlsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::{Host, Url};
 
-use crate::classify::{escape_untrusted, parse_retry_after, Failure, NetworkKind};
+use crate::classify::{escape_untrusted, Failure, NetworkKind};
+use crate::headers::parse_retry_after;
 
 mod observe;
 mod resolve;
@@ -823,6 +826,54 @@ pub fn failure_from_ws_error(err: tungstenite::Error) -> Failure {
     }
 }
 
+/// The failure a received close frame stands for; a close without a status is 1005.
+pub fn failure_from_close_frame(frame: Option<&CloseFrame>) -> Failure {
+    failure_from_received_close(frame, None)
+}
+
+/// Like [`failure_from_close_frame`], knowing the close frame as it was on the wire
+/// (when the stream was observed, see [`CloseObserver`]).
+///
+/// tungstenite turns a close code it does not allow (1014, 1004, 1016–2999, 1–999,
+/// 5000 and up, and 1005, 1006, 1015, which must never be sent) into `1002 "Protocol
+/// violation"`. That is not what the server said: when `frame` is that rewrite and the
+/// wire had such a code, the server's own code and reason are classified instead
+/// (1014 transient as the table says; codes forbidden on the wire permanent, "server
+/// sent an invalid close code N"). A 1005 on the wire becomes a violation: a bare
+/// `Close { code: 1005 }` stands for a close frame without a status code. A genuine
+/// 1002 from the server stays 1002 with its own reason.
+pub fn failure_from_received_close(
+    frame: Option<&CloseFrame>,
+    wire: Option<&WireClose>,
+) -> Failure {
+    if let (Some(frame), Some(wire)) = (frame, wire) {
+        let rewritten =
+            frame.code == CloseCode::Protocol && frame.reason.as_str() == "Protocol violation";
+        if rewritten && !CloseCode::from(wire.code).is_allowed() {
+            if wire.code == 1005 {
+                return Failure::Violation {
+                    code: 1002,
+                    detail: "server sent an invalid close code 1005".into(),
+                };
+            }
+            return Failure::Close {
+                code: wire.code,
+                reason: wire.reason.clone(),
+            };
+        }
+    }
+    match frame {
+        Some(frame) => Failure::Close {
+            code: frame.code.into(),
+            reason: frame.reason.to_string(),
+        },
+        None => Failure::Close {
+            code: 1005,
+            reason: String::new(),
+        },
+    }
+}
+
 fn eof(detail: &str) -> Failure {
     Failure::Network {
         kind: NetworkKind::Eof,
@@ -1195,5 +1246,69 @@ mod tests {
             Transport::new(handshake_header),
             Err(UsageError::InvalidHeader { .. })
         ));
+    }
+
+    #[test]
+    fn the_wire_close_replaces_tungstenites_rewrite_only() {
+        use crate::classify::{Class, ClassifyRules};
+        let frame = |code: u16, reason: &str| CloseFrame {
+            code: code.into(),
+            reason: reason.to_owned().into(),
+        };
+        let wire = |code: u16, reason: &str| WireClose {
+            code,
+            reason: reason.into(),
+        };
+        let close = |code: u16, reason: &str| Failure::Close {
+            code,
+            reason: reason.into(),
+        };
+        let rewrite = frame(1002, "Protocol violation");
+        // Codes tungstenite rewrites: the server's own code and reason.
+        for (code, class) in [
+            (1014, Class::Transient),
+            (1004, Class::Permanent),
+            (2999, Class::Permanent),
+            (999, Class::Permanent),
+            (5000, Class::Permanent),
+            (1006, Class::Permanent),
+            (1015, Class::Permanent),
+        ] {
+            let failure = failure_from_received_close(Some(&rewrite), Some(&wire(code, "why")));
+            assert_eq!(failure, close(code, "why"), "code {code}");
+            assert_eq!(
+                ClassifyRules::default().classify(&failure),
+                class,
+                "code {code}"
+            );
+        }
+        // 1005 on the wire is not "no status code": a protocol violation.
+        let wire_1005 = failure_from_received_close(Some(&rewrite), Some(&wire(1005, "why")));
+        assert_eq!(
+            ClassifyRules::default().classify(&wire_1005),
+            Class::Permanent
+        );
+        assert!(
+            wire_1005
+                .to_string()
+                .contains("server sent an invalid close code 1005"),
+            "{wire_1005}"
+        );
+        // A genuine 1002, even with tungstenite's words, stays as it is.
+        let genuine =
+            failure_from_received_close(Some(&rewrite), Some(&wire(1002, "Protocol violation")));
+        assert_eq!(genuine, close(1002, "Protocol violation"));
+        // A frame tungstenite did not rewrite is taken as it is.
+        let own = frame(1011, "agent gone");
+        assert_eq!(
+            failure_from_received_close(Some(&own), Some(&wire(1011, "agent gone"))),
+            close(1011, "agent gone")
+        );
+        // Nothing recorded (another stream type): tungstenite's frame.
+        assert_eq!(
+            failure_from_received_close(Some(&rewrite), None),
+            close(1002, "Protocol violation")
+        );
+        assert_eq!(failure_from_received_close(None, None), close(1005, ""));
     }
 }
