@@ -9,8 +9,7 @@
 //! (another supervisor refreshed meanwhile) returns at once without a second request.
 
 use crate::classify::Failure;
-use crate::headers::parse_retry_after;
-use crate::transport::{is_header_safe, NOT_HEADER_SAFE};
+use crate::headers::{is_header_safe, parse_retry_after, NOT_HEADER_SAFE};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

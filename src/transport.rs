@@ -36,6 +36,9 @@ use url::{Host, Url};
 
 use crate::classify::{escape_untrusted, Failure, NetworkKind};
 use crate::headers::parse_retry_after;
+// Re-exported: these were always reached as `transport::…`, and the CLI checks its own
+// settings with them.
+pub use crate::headers::{is_credential_header, is_header_safe, NOT_HEADER_SAFE};
 
 mod observe;
 mod resolve;
@@ -210,14 +213,6 @@ pub fn check_secure_for_credentials(
     })
 }
 
-/// Headers that carry credentials: a `--header` with one of these names counts as sending
-/// credentials for [`check_secure_for_credentials`].
-pub fn is_credential_header(name: &HeaderName) -> bool {
-    name == http::header::AUTHORIZATION
-        || name == http::header::PROXY_AUTHORIZATION
-        || name == http::header::COOKIE
-}
-
 /// Headers the websocket handshake writes itself; a user value would break the upgrade.
 fn is_handshake_header(name: &HeaderName) -> bool {
     [
@@ -271,19 +266,6 @@ pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), UsageError>
     }
     Ok((name, value))
 }
-
-/// Whether `text` can travel in an HTTP header value as wsup sends it: printable ASCII,
-/// spaces and tabs only. Control characters are refused (CR or LF would end the header
-/// and start another), and so is anything outside ASCII (the upgrade request is written
-/// as ASCII text: such a value could not be sent at all).
-pub fn is_header_safe(text: &str) -> bool {
-    text.bytes()
-        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-}
-
-/// The end of the one-line error for a scheme or token that fails [`is_header_safe`];
-/// the value itself is never shown.
-pub const NOT_HEADER_SAFE: &str = "contains characters an HTTP header cannot carry (control characters such as CR or LF, or non-ASCII characters); only printable ASCII is allowed";
 
 /// Loads every certificate from a PEM file (`--ca-cert FILE`).
 pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UsageError> {
@@ -1201,16 +1183,6 @@ mod tests {
                 Err(Failure::Internal(detail)) => assert!(!detail.contains("Evil"), "{detail}"),
                 other => panic!("{other:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn header_safe_values_are_printable_ascii() {
-        assert!(is_header_safe("Bearer abc.DEF-123_~+/="));
-        assert!(is_header_safe("a\tb c"));
-        assert!(is_header_safe(""));
-        for bad in ["a\rb", "a\nb", "a\0b", "a\u{7f}", "t\u{f6}k", "\u{2713}"] {
-            assert!(!is_header_safe(bad), "{bad:?}");
         }
     }
 
