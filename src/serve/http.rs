@@ -1,0 +1,249 @@
+//! HTTP/1.1 request heads and responses, just enough for routing and the token endpoint.
+//! The head is parsed by `httparse`; this file bounds the read and shapes the answer.
+
+use super::*;
+use std::io;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A parsed request head. No `Debug`: the headers hold credentials.
+pub(super) struct RequestHead {
+    pub(super) method: String,
+    /// The request target as sent: path and query.
+    pub(super) target: String,
+    pub(super) headers: Vec<(String, String)>,
+    /// Length of the head including its terminating empty line.
+    pub(super) head_len: usize,
+    /// Everything read from the socket so far: the head and possibly the start of a body.
+    pub(super) bytes_read: BytesMut,
+}
+
+impl RequestHead {
+    pub(super) fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
+
+    /// The value of the first header with this name (ASCII case-insensitive).
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub(super) fn bearer_token(&self) -> Option<&str> {
+        let (scheme, token) = self.header("authorization")?.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+}
+
+#[derive(Debug)]
+pub(super) enum HeadError {
+    Io(io::Error),
+    /// The client closed before the head was complete.
+    Truncated,
+    TooLarge,
+    Malformed(&'static str),
+}
+
+/// Reads up to the end of the request head. `Ok(None)`: the client closed without sending
+/// anything.
+pub(super) async fn read_request_head(
+    stream: &mut ServerStream,
+) -> Result<Option<RequestHead>, HeadError> {
+    let mut bytes_read = BytesMut::with_capacity(1024);
+    let mut searched = 0;
+    loop {
+        // Resume the search a little before the end of the previous read, in case the
+        // terminator was split across reads.
+        if let Some(offset) = find(&bytes_read[searched..], b"\r\n\r\n") {
+            let head_len = searched + offset + 4;
+            return parse_request_head(bytes_read, head_len).map(Some);
+        }
+        if !could_start_http_request(&bytes_read) {
+            return Err(HeadError::Malformed("not an HTTP request"));
+        }
+        searched = bytes_read.len().saturating_sub(3);
+        if bytes_read.len() >= MAX_HEAD_LEN {
+            return Err(HeadError::TooLarge);
+        }
+        bytes_read.reserve(4096);
+        if stream
+            .read_buf(&mut bytes_read)
+            .await
+            .map_err(HeadError::Io)?
+            == 0
+        {
+            return if bytes_read.is_empty() {
+                Ok(None)
+            } else {
+                Err(HeadError::Truncated)
+            };
+        }
+    }
+}
+
+/// Whether the bytes read so far can be the start of an HTTP/1 request: a method token,
+/// then printable ASCII up to the end of the request line. A TLS ClientHello (a `wss://`
+/// client on this plain port) starts with 0x16 and fails at the first byte, so it gets its
+/// 400 at once instead of waiting [`REQUEST_READ_TIMEOUT`] for a head that never comes;
+/// the client's TLS stack then sees plain HTTP and can say so.
+pub(super) fn could_start_http_request(bytes: &[u8]) -> bool {
+    let line = bytes.split(|&b| b == b'\r').next().unwrap_or_default();
+    let method_len = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    let is_token_char = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    line[..method_len].iter().all(is_token_char)
+        && (bytes.is_empty() || method_len > 0)
+        && line.iter().all(|b| (b' '..=b'~').contains(b))
+}
+
+pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+pub(super) fn parse_request_head(
+    bytes_read: BytesMut,
+    head_len: usize,
+) -> Result<RequestHead, HeadError> {
+    let text = std::str::from_utf8(&bytes_read[..head_len - 4])
+        .map_err(|_| HeadError::Malformed("request head is not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HeadError::Malformed("malformed request line"));
+    };
+    if method.is_empty() || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
+        return Err(HeadError::Malformed("malformed request line"));
+    }
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or(HeadError::Malformed("malformed header line"))?;
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect::<Result<Vec<_>, HeadError>>()?;
+    Ok(RequestHead {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        headers,
+        head_len,
+        bytes_read,
+    })
+}
+
+/// Writes a complete response and closes the sending side: every response here ends
+/// the connection.
+pub(super) async fn write_response(
+    stream: &mut ServerStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &str,
+) -> io::Result<()> {
+    let reason = ::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+        .unwrap_or("Unknown");
+    let mut response = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    // 204 and 304 responses have no body by definition.
+    let body = if matches!(status, 204 | 304) {
+        ""
+    } else {
+        response.push_str(&format!(
+            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+        body
+    };
+    response.push_str("\r\n");
+    response.push_str(body);
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<RequestHead, HeadError> {
+        let bytes = BytesMut::from(text.as_bytes());
+        let head_len = find(&bytes, b"\r\n\r\n").expect("complete head") + 4;
+        parse_request_head(bytes, head_len)
+    }
+
+    #[test]
+    fn request_head_parsing() {
+        let parsed = head(
+            "GET /shell?tty_width=80 HTTP/1.1\r\nHost: x\r\nauthorization: bearer  abc \r\n\r\n",
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(parsed.method, "GET");
+        assert_eq!(parsed.path(), "/shell");
+        assert_eq!(parsed.target, "/shell?tty_width=80");
+        assert_eq!(parsed.bearer_token(), Some("abc"));
+        assert_eq!(parsed.header("HOST"), Some("x"));
+
+        for malformed in [
+            "GET\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\n\r\n",
+            "GET nopath HTTP/1.1\r\n\r\n",
+            "GET / SPDY/3\r\n\r\n",
+            "GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(malformed), Err(HeadError::Malformed(_))),
+                "{malformed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn basic_auth_is_not_a_bearer_token() {
+        let parsed = head("GET / HTTP/1.1\r\nAuthorization: Basic abc\r\n\r\n")
+            .ok()
+            .unwrap();
+        assert_eq!(parsed.bearer_token(), None);
+    }
+
+    #[test]
+    fn only_what_can_start_an_http_request_waits_for_more() {
+        for start in [
+            &b""[..],
+            b"G",
+            b"GET",
+            b"GET /shell HTTP/1.1",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+            b"POST /oauth/token HTTP/1.1\r\n",
+        ] {
+            assert!(
+                could_start_http_request(start),
+                "{:?}",
+                String::from_utf8_lossy(start)
+            );
+        }
+        for start in [
+            &[0x16, 0x03, 0x01, 0x00, 0xf4][..],
+            &[0x15, 0x03, 0x03, 0x00, 0x02],
+            b" GET / HTTP/1.1",
+            b"GE\x00T",
+            b"GET /\x1b[2J HTTP/1.1",
+        ] {
+            assert!(
+                !could_start_http_request(start),
+                "{:?}",
+                String::from_utf8_lossy(start)
+            );
+        }
+    }
+}
