@@ -53,18 +53,14 @@ pub(super) async fn read_request_head(
     stream: &mut ServerStream,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut bytes_read = BytesMut::with_capacity(1024);
-    let mut searched = 0;
     loop {
-        // Resume the search a little before the end of the previous read, in case the
-        // terminator was split across reads.
-        if let Some(offset) = find(&bytes_read[searched..], b"\r\n\r\n") {
-            let head_len = searched + offset + 4;
-            return parse_request_head(bytes_read, head_len).map(Some);
-        }
-        if !could_start_http_request(&bytes_read) {
+        let parsed = parse_request_head(&mut bytes_read);
+        if !could_start_http_request(&bytes_read) && !matches!(parsed, Ok(Some(_))) {
             return Err(HeadError::Malformed("not an HTTP request"));
         }
-        searched = bytes_read.len().saturating_sub(3);
+        if let Some(head) = parsed? {
+            return Ok(Some(head));
+        }
         if bytes_read.len() >= MAX_HEAD_LEN {
             return Err(HeadError::TooLarge);
         }
@@ -98,44 +94,51 @@ pub(super) fn could_start_http_request(bytes: &[u8]) -> bool {
         && line.iter().all(|b| (b' '..=b'~').contains(b))
 }
 
-pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
+/// Parses the request head at the start of `bytes_read` with httparse; on success the
+/// head takes `bytes_read` (the start of a body may follow the head). `Ok(None)`: the head
+/// is not complete yet.
 pub(super) fn parse_request_head(
-    bytes_read: BytesMut,
-    head_len: usize,
-) -> Result<RequestHead, HeadError> {
-    let text = std::str::from_utf8(&bytes_read[..head_len - 4])
-        .map_err(|_| HeadError::Malformed("request head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    bytes_read: &mut BytesMut,
+) -> Result<Option<RequestHead>, HeadError> {
+    // As many header slots as there can be header lines: httparse needs them up front, and
+    // the head is bounded by MAX_HEAD_LEN, so no request is refused for its header count.
+    let lines = bytes_read.iter().filter(|&&b| b == b'\n').count();
+    let mut slots = vec![httparse::EMPTY_HEADER; lines + 1];
+    let mut request = httparse::Request::new(&mut slots);
+    let head_len = match request.parse(bytes_read) {
+        Ok(httparse::Status::Complete(head_len)) => head_len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::HeaderName | httparse::Error::HeaderValue) => {
+            return Err(HeadError::Malformed("malformed header line"))
+        }
+        Err(_) => return Err(HeadError::Malformed("malformed request line")),
+    };
+    if std::str::from_utf8(&bytes_read[..head_len]).is_err() {
+        return Err(HeadError::Malformed("request head is not UTF-8"));
+    }
+    let (Some(method), Some(target)) = (request.method, request.path) else {
         return Err(HeadError::Malformed("malformed request line"));
     };
-    if method.is_empty() || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
+    if !target.starts_with('/') {
         return Err(HeadError::Malformed("malformed request line"));
     }
-    let headers = lines
-        .map(|line| {
-            let (name, value) = line
-                .split_once(':')
-                .ok_or(HeadError::Malformed("malformed header line"))?;
-            Ok((name.trim().to_owned(), value.trim().to_owned()))
+    let headers = request
+        .headers
+        .iter()
+        .map(|header| {
+            // UTF-8 was checked above for the whole head.
+            let value = String::from_utf8_lossy(header.value);
+            (header.name.to_owned(), value.trim().to_owned())
         })
-        .collect::<Result<Vec<_>, HeadError>>()?;
-    Ok(RequestHead {
-        method: method.to_owned(),
-        target: target.to_owned(),
+        .collect();
+    let (method, target) = (method.to_owned(), target.to_owned());
+    Ok(Some(RequestHead {
+        method,
+        target,
         headers,
         head_len,
-        bytes_read,
-    })
+        bytes_read: std::mem::take(bytes_read),
+    }))
 }
 
 /// Writes a complete response and closes the sending side: every response here ends
@@ -176,9 +179,8 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Result<RequestHead, HeadError> {
-        let bytes = BytesMut::from(text.as_bytes());
-        let head_len = find(&bytes, b"\r\n\r\n").expect("complete head") + 4;
-        parse_request_head(bytes, head_len)
+        let mut bytes = BytesMut::from(text.as_bytes());
+        parse_request_head(&mut bytes).map(|head| head.expect("complete head"))
     }
 
     #[test]
