@@ -5,7 +5,7 @@
 //! class; this module only names it.
 
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Something that ended (or prevented) a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,17 +236,6 @@ pub fn classify_token_endpoint(status: Option<u16>) -> Class {
     }
 }
 
-/// `Retry-After` is seconds or an HTTP-date (RFC 9110 §10.2.3). `now` comes in from the
-/// caller so this stays pure. A date in the past means "now"; garbage means "no hint".
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// Escapes control characters (and the escape character itself) so that a hostile close
 /// reason cannot move the cursor, change colours or retitle the user's terminal.
 pub fn escape_untrusted(text: &str) -> String {
@@ -389,57 +378,6 @@ impl fmt::Display for Failure {
 }
 
 impl Failure {
-    /// The failure a received close frame stands for; a close without a status is 1005.
-    pub fn from_close_frame(
-        frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
-    ) -> Failure {
-        Failure::from_received_close(frame, None)
-    }
-
-    /// Like [`Failure::from_close_frame`], knowing the close frame as it was on the wire
-    /// (when the stream was observed, see [`crate::transport::CloseObserver`]).
-    ///
-    /// tungstenite turns a close code it does not allow (1014, 1004, 1016–2999, 1–999,
-    /// 5000 and up, and 1005, 1006, 1015, which must never be sent) into `1002 "Protocol
-    /// violation"`. That is not what the server said: when `frame` is that rewrite and the
-    /// wire had such a code, the server's own code and reason are classified instead
-    /// (1014 transient as the table says; codes forbidden on the wire permanent, "server
-    /// sent an invalid close code N"). A 1005 on the wire becomes a violation: a bare
-    /// `Close { code: 1005 }` stands for a close frame without a status code. A genuine
-    /// 1002 from the server stays 1002 with its own reason.
-    pub fn from_received_close(
-        frame: Option<&tokio_tungstenite::tungstenite::protocol::CloseFrame>,
-        wire: Option<&crate::transport::WireClose>,
-    ) -> Failure {
-        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-        if let (Some(frame), Some(wire)) = (frame, wire) {
-            let rewritten =
-                frame.code == CloseCode::Protocol && frame.reason.as_str() == "Protocol violation";
-            if rewritten && !CloseCode::from(wire.code).is_allowed() {
-                if wire.code == 1005 {
-                    return Failure::Violation {
-                        code: 1002,
-                        detail: "server sent an invalid close code 1005".into(),
-                    };
-                }
-                return Failure::Close {
-                    code: wire.code,
-                    reason: wire.reason.clone(),
-                };
-            }
-        }
-        match frame {
-            Some(frame) => Failure::Close {
-                code: frame.code.into(),
-                reason: frame.reason.to_string(),
-            },
-            None => Failure::Close {
-                code: 1005,
-                reason: String::new(),
-            },
-        }
-    }
-
     /// The server's own words, if it sent any: used by notices to name what is missing.
     pub fn server_reason(&self) -> Option<&str> {
         match self {
@@ -711,92 +649,6 @@ mod tests {
         assert_eq!(classify_token_endpoint(Some(429)), Class::Transient);
         assert_eq!(classify_token_endpoint(None), Class::Transient);
         assert_eq!(classify_token_endpoint(Some(404)), Class::Permanent);
-    }
-
-    #[test]
-    fn retry_after_seconds() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-3", now), None);
-    }
-
-    #[test]
-    fn retry_after_http_date() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(90))
-        );
-        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
-        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn the_wire_close_replaces_tungstenites_rewrite_only() {
-        use crate::transport::WireClose;
-        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-        let frame = |code: u16, reason: &str| CloseFrame {
-            code: code.into(),
-            reason: reason.to_owned().into(),
-        };
-        let wire = |code: u16, reason: &str| WireClose {
-            code,
-            reason: reason.into(),
-        };
-        let close = |code: u16, reason: &str| Failure::Close {
-            code,
-            reason: reason.into(),
-        };
-        let rewrite = frame(1002, "Protocol violation");
-        // Codes tungstenite rewrites: the server's own code and reason.
-        for (code, class) in [
-            (1014, Class::Transient),
-            (1004, Class::Permanent),
-            (2999, Class::Permanent),
-            (999, Class::Permanent),
-            (5000, Class::Permanent),
-            (1006, Class::Permanent),
-            (1015, Class::Permanent),
-        ] {
-            let failure = Failure::from_received_close(Some(&rewrite), Some(&wire(code, "why")));
-            assert_eq!(failure, close(code, "why"), "code {code}");
-            assert_eq!(
-                ClassifyRules::default().classify(&failure),
-                class,
-                "code {code}"
-            );
-        }
-        // 1005 on the wire is not "no status code": a protocol violation.
-        let wire_1005 = Failure::from_received_close(Some(&rewrite), Some(&wire(1005, "why")));
-        assert_eq!(
-            ClassifyRules::default().classify(&wire_1005),
-            Class::Permanent
-        );
-        assert!(
-            wire_1005
-                .to_string()
-                .contains("server sent an invalid close code 1005"),
-            "{wire_1005}"
-        );
-        // A genuine 1002, even with tungstenite's words, stays as it is.
-        let genuine =
-            Failure::from_received_close(Some(&rewrite), Some(&wire(1002, "Protocol violation")));
-        assert_eq!(genuine, close(1002, "Protocol violation"));
-        // A frame tungstenite did not rewrite is taken as it is.
-        let own = frame(1011, "agent gone");
-        assert_eq!(
-            Failure::from_received_close(Some(&own), Some(&wire(1011, "agent gone"))),
-            close(1011, "agent gone")
-        );
-        // Nothing recorded (another stream type): tungstenite's frame.
-        assert_eq!(
-            Failure::from_received_close(Some(&rewrite), None),
-            close(1002, "Protocol violation")
-        );
-        assert_eq!(Failure::from_received_close(None, None), close(1005, ""));
     }
 
     #[test]

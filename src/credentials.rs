@@ -8,8 +8,8 @@
 //! that the server rejected, and an implementation that finds it already replaced
 //! (another supervisor refreshed meanwhile) returns at once without a second request.
 
-use crate::classify::{parse_retry_after, Failure};
-use crate::transport::{is_header_safe, NOT_HEADER_SAFE};
+use crate::classify::Failure;
+use crate::headers::{is_header_safe, parse_retry_after, NOT_HEADER_SAFE};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

@@ -18,7 +18,8 @@ use crate::machine::{
 };
 use crate::session::{self, LinkEnds, Session};
 use crate::transport::{
-    failure_from_ws_error, Transport, TransportConfig, WireClose, WsStream, WsTransportStream,
+    failure_from_received_close, failure_from_ws_error, Transport, TransportConfig, WireClose,
+    WsStream, WsTransportStream,
 };
 use futures_util::{Sink, Stream};
 use std::collections::VecDeque;
@@ -924,7 +925,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(Message::Close(frame)))) => {
                     let wire = (self.wire_close)(self.ws.get_ref());
-                    return Poll::Ready(ConnEvent::Closed(Failure::from_received_close(
+                    return Poll::Ready(ConnEvent::Closed(failure_from_received_close(
                         frame.as_ref(),
                         wire,
                     )));

@@ -8,13 +8,16 @@ pub mod backoff;
 pub mod classify;
 pub mod cli;
 pub mod credentials;
+#[cfg(feature = "serve")]
 pub mod demo;
 pub mod driver;
 pub mod exit;
 pub mod forward;
+pub mod headers;
 pub mod machine;
 pub mod manual;
 pub mod report;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod session;
 pub mod states;

@@ -456,7 +456,16 @@ impl Core {
                         Handled
                     }
                     Message::Close(frame) => {
-                        let failure = Failure::from_close_frame(frame.as_ref());
+                        let failure = frame.as_ref().map_or(
+                            Failure::Close {
+                                code: 1005,
+                                reason: String::new(),
+                            },
+                            |f| Failure::Close {
+                                code: f.code.into(),
+                                reason: f.reason.to_string(),
+                            },
+                        );
                         Transition(self.after_disconnect(context, failure, *closing, *guards))
                     }
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Handled,

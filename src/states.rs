@@ -243,7 +243,7 @@ fn probes() -> Vec<Probe> {
             code: CloseCode::from(code),
             reason: reason.into(),
         }));
-        let failure = Failure::from_close_frame(match &frame {
+        let failure = crate::transport::failure_from_close_frame(match &frame {
             Message::Close(frame) => frame.as_ref(),
             _ => None,
         });

@@ -593,7 +593,7 @@ async fn over_tls_the_close_code_the_server_sent_is_seen_through_tungstenites_re
         })
     );
     assert_eq!(
-        Failure::from_received_close(frame.as_ref(), wire.as_ref()),
+        failure_from_received_close(frame.as_ref(), wire.as_ref()),
         Failure::Close {
             code: 1014,
             reason: "r1014".into()
