@@ -14,7 +14,7 @@ use crate::classify::{Failure, NetworkKind};
 use crate::credentials::{Anonymous, Credentials, Secret, EXPIRY_WINDOW};
 use crate::machine::{
     CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, OutputLoss,
-    RefreshReason, Sig, State, TimerKind,
+    RefreshReason, Sig, TimerKind,
 };
 use crate::session::{self, LinkEnds, Session};
 use crate::transport::{
@@ -222,7 +222,7 @@ impl Supervisor {
             pending_delivery: None,
             outbound_done: false,
             session_gone: false,
-            liveness_deferred: false,
+            reads_paused: false,
             effects: Vec::with_capacity(8),
             outcome: None,
             unsent_at_close: false,
@@ -335,8 +335,9 @@ struct Driver<D: Dialer> {
     pending_delivery: Option<Message>,
     outbound_done: bool,
     session_gone: bool,
-    /// The liveness deadline passed while reads were paused for the session.
-    liveness_deferred: bool,
+    /// Whether the machine was last told that reads are paused (see
+    /// [`Event::ReadsPaused`]).
+    reads_paused: bool,
     effects: Vec<Effect>,
     outcome: Option<Outcome>,
     /// Whether the last connection ended with messages or our close frame unwritten.
@@ -369,13 +370,14 @@ impl<D: Dialer> Driver<D> {
             let inbound_full =
                 !self.ends.inbound_budget.has_room() && !self.ends.inbound.is_closed();
             let read_enabled = self.pending_delivery.is_none() && !inbound_full;
-            if read_enabled && self.liveness_deferred {
-                // Reading again: the server gets a whole window from now to be heard.
-                self.liveness_deferred = false;
-                if self.machine.is_connected() {
-                    let window = self.machine.config().liveness_window();
-                    self.timers.start(TimerKind::Liveness, window);
-                }
+            if read_enabled == self.reads_paused {
+                // The machine decides what a pause means for the liveness deadline.
+                self.reads_paused = !read_enabled;
+                self.feed(if read_enabled {
+                    Event::ReadsResumed
+                } else {
+                    Event::ReadsPaused
+                });
             }
             let event = tokio::select! {
                 biased;
@@ -464,17 +466,7 @@ impl<D: Dialer> Driver<D> {
                     self.session_gone = true;
                     Event::LocalEof
                 }
-                kind = poll_fn(|cx| self.timers.poll_expired(cx)) => {
-                    if kind == TimerKind::Liveness && !read_enabled {
-                        // "Nothing received" is unknown while we are not reading because
-                        // the session is behind (a paused pager, a slow disk): that is
-                        // our own back-pressure, not a dead server. Judge again once
-                        // reading resumes.
-                        self.liveness_deferred = true;
-                        continue;
-                    }
-                    Event::Timer(kind)
-                }
+                kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
             };
             self.feed(event);
             // The session's input ended on an earlier connection (or the session went
@@ -490,10 +482,7 @@ impl<D: Dialer> Driver<D> {
     }
 
     fn machine_accepts_outbound(&self) -> bool {
-        matches!(
-            self.machine.state(),
-            State::Connected { closing: false, .. }
-        )
+        self.machine.accepts_outbound()
     }
 
     /// One event in, its effects carried out. Effects that fail at once (the session is
@@ -501,7 +490,11 @@ impl<D: Dialer> Driver<D> {
     fn feed(&mut self, event: Event) {
         let mut next = Some(event);
         while let Some(event) = next.take() {
-            if !matches!(event, Event::Frame(_)) {
+            // Not on the data path: frames and read pauses come by the thousand.
+            if !matches!(
+                event,
+                Event::Frame(_) | Event::ReadsPaused | Event::ReadsResumed
+            ) {
                 self.machine.set_credentials(self.credential_state());
             }
             let unsent = self
@@ -584,13 +577,10 @@ impl<D: Dialer> Driver<D> {
             }
             Effect::StartTimer(kind, after) => self.timers.start(kind, after),
             Effect::CancelTimer(kind) => self.timers.cancel(kind),
-            Effect::Refresh => {
-                let rejected = match self.machine.state() {
-                    State::RefreshingToken {
-                        reason: RefreshReason::Rejected,
-                        ..
-                    } => self.sent_authorization.clone(),
-                    _ => None,
+            Effect::Refresh(reason) => {
+                let rejected = match reason {
+                    RefreshReason::Rejected => self.sent_authorization.clone(),
+                    RefreshReason::Proactive => None,
                 };
                 let credentials = self.credentials.clone();
                 self.refreshing = Some(Box::pin(async move {

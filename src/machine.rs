@@ -60,6 +60,12 @@ pub enum Event {
     /// The session could not write what it received (stdout failed with an error other
     /// than a broken pipe): the output is lost, the session ends.
     OutputFailed(String),
+    /// The driver stopped reading the connection because the session is behind (a paused
+    /// pager, a slow disk). "Nothing received" means nothing then: that is our own
+    /// back-pressure, not a dead server, so the liveness deadline is held.
+    ReadsPaused,
+    /// Reading again: the server gets a whole liveness window from now to be heard.
+    ReadsResumed,
 }
 
 /// What the driver must do on the machine's behalf.
@@ -75,8 +81,10 @@ pub enum Effect {
     /// (Re)arm a timer; answer with `Timer(kind)` when it fires.
     StartTimer(TimerKind, Duration),
     CancelTimer(TimerKind),
-    /// Refresh the credentials; answer with `RefreshDone`.
-    Refresh,
+    /// Refresh the credentials; answer with `RefreshDone`. With
+    /// [`RefreshReason::Rejected`], the token the last dial sent is the one the server
+    /// rejected (a refresh can then tell whether someone else already replaced it).
+    Refresh(RefreshReason),
     Notify(Notice),
     /// Stop: the session is over.
     Exit(Outcome),
@@ -266,6 +274,11 @@ pub struct Core {
     /// A connection of this session has succeeded: from then on a host name that is not
     /// found is a DNS hiccup (transient), not a typo in the URL (permanent).
     has_connected: bool,
+    /// The driver is not reading the connection (see [`Event::ReadsPaused`]): the
+    /// liveness timer is held until reads resume. Kept here, not in `Connected`, because
+    /// a pause can outlast a connection (the session is still behind on the last one's
+    /// messages when the next one opens).
+    reads_paused: bool,
 }
 
 /// Per-dispatch context: what goes in (credential state, which event) and what comes
@@ -308,6 +321,14 @@ impl Core {
     #[superstate]
     fn running(&mut self, event: &Event) -> Response<State> {
         match event {
+            Event::ReadsPaused => {
+                self.reads_paused = true;
+                Handled
+            }
+            Event::ReadsResumed => {
+                self.reads_paused = false;
+                Handled
+            }
             Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
             Event::InputRejected(failure) => Transition(State::terminated(Outcome::Stopped {
                 class: self.config.rules.classify(failure),
@@ -390,8 +411,8 @@ impl Core {
     }
 
     #[action]
-    fn enter_refreshing_token(context: &mut Step) {
-        context.push(Effect::Refresh);
+    fn enter_refreshing_token(context: &mut Step, reason: &mut RefreshReason) {
+        context.push(Effect::Refresh(*reason));
     }
 
     #[state(
@@ -445,7 +466,7 @@ impl Core {
         match event {
             Event::Frame(message) => {
                 // Anything at all proves the peer is alive, pongs included.
-                context.push(Effect::StartTimer(TimerKind::Liveness, self.liveness()));
+                self.rearm_liveness(context);
                 match message {
                     Message::Text(_) | Message::Binary(_) => {
                         if *closing && !*close_sent {
@@ -473,6 +494,18 @@ impl Core {
                 ));
                 Handled
             }
+            Event::ReadsPaused => {
+                self.reads_paused = true;
+                context.push(Effect::CancelTimer(TimerKind::Liveness));
+                Handled
+            }
+            Event::ReadsResumed => {
+                self.reads_paused = false;
+                self.rearm_liveness(context);
+                Handled
+            }
+            // Held while reads are paused; a timer that raced its cancellation is stray.
+            Event::Timer(TimerKind::Liveness) if self.reads_paused => Handled,
             Event::Timer(TimerKind::Liveness) => {
                 // Once our close frame is on its way, do not queue a second one.
                 if !*close_sent {
@@ -548,7 +581,7 @@ impl Core {
             TimerKind::Ping,
             self.config.ping_interval,
         ));
-        context.push(Effect::StartTimer(TimerKind::Liveness, self.liveness()));
+        self.rearm_liveness(context);
         if !*since_stable {
             context.push(Effect::StartTimer(
                 TimerKind::Stable,
@@ -584,8 +617,15 @@ impl Core {
 }
 
 impl Core {
-    fn liveness(&self) -> Duration {
-        self.config.liveness_window()
+    /// A whole liveness window from now, unless reads are paused (then the deadline is
+    /// held until they resume).
+    fn rearm_liveness(&self, context: &mut Step) {
+        if !self.reads_paused {
+            context.push(Effect::StartTimer(
+                TimerKind::Liveness,
+                self.config.liveness_window(),
+            ));
+        }
     }
 
     /// Dial next, unless the token is about to expire and can be refreshed first.
@@ -778,6 +818,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::InputRejected(_) => "input_rejected",
         Event::LocalGone => "local_gone",
         Event::OutputFailed(_) => "output_failed",
+        Event::ReadsPaused => "reads_paused",
+        Event::ReadsResumed => "reads_resumed",
     }
 }
 
@@ -808,6 +850,7 @@ impl Machine {
             config,
             backoff,
             has_connected: false,
+            reads_paused: false,
         }
         .uninitialized_state_machine()
         .init_with_context(&mut step);
@@ -847,6 +890,11 @@ impl Machine {
 
     pub fn is_connected(&self) -> bool {
         matches!(self.state(), State::Connected { .. })
+    }
+
+    /// Whether the session's messages are wanted now: connected and not closing.
+    pub fn accepts_outbound(&self) -> bool {
+        matches!(self.state(), State::Connected { closing: false, .. })
     }
 
     pub fn is_terminated(&self) -> bool {
@@ -896,6 +944,10 @@ mod tests {
             Effect::Exit(o) => Some(o),
             _ => None,
         })
+    }
+
+    fn refreshes(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Refresh(_)))
     }
 
     fn refreshable() -> CredentialState {
@@ -949,6 +1001,47 @@ mod tests {
                 Duration::from_secs(40)
             )]
         );
+    }
+
+    #[test]
+    fn liveness_is_held_while_reads_are_paused_and_rearmed_whole_on_resume() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::DialSucceeded);
+        assert_eq!(
+            m.handle(Event::ReadsPaused),
+            vec![Effect::CancelTimer(TimerKind::Liveness)]
+        );
+        // A frame read while paused (draining after a write error) does not re-arm it,
+        // and a liveness timer that raced its cancellation is ignored.
+        let fx = m.handle(Event::Frame(Message::Text("hi".into())));
+        assert_eq!(fx, vec![Effect::Deliver(Message::Text("hi".into()))]);
+        assert_eq!(m.handle(Event::Timer(TimerKind::Liveness)), vec![]);
+        assert!(m.is_connected());
+        assert_eq!(
+            m.handle(Event::ReadsResumed),
+            vec![Effect::StartTimer(
+                TimerKind::Liveness,
+                Duration::from_secs(40)
+            )]
+        );
+    }
+
+    #[test]
+    fn a_pause_that_outlasts_the_connection_holds_the_next_ones_liveness() {
+        let mut m = machine(MachineConfig::default());
+        m.handle(Event::Start);
+        m.handle(Event::ReadsPaused);
+        let fx = m.handle(Event::DialSucceeded);
+        assert!(
+            !fx.iter()
+                .any(|e| matches!(e, Effect::StartTimer(TimerKind::Liveness, _))),
+            "{fx:?}"
+        );
+        assert!(m.handle(Event::ReadsResumed).contains(&Effect::StartTimer(
+            TimerKind::Liveness,
+            Duration::from_secs(40)
+        )));
     }
 
     #[test]
@@ -1065,7 +1158,7 @@ mod tests {
             status: 401,
             retry_after: None,
         }));
-        assert!(!fx.contains(&Effect::Refresh));
+        assert!(!refreshes(&fx));
         assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
     }
 
@@ -1079,7 +1172,7 @@ mod tests {
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
         let fx = m.handle(Event::Closed(close(1008, "token expired")));
-        assert!(fx.contains(&Effect::Refresh));
+        assert!(fx.contains(&Effect::Refresh(RefreshReason::Rejected)));
         let fx = m.handle(Event::RefreshDone(Ok(())));
         assert!(
             fx.contains(&Effect::Dial),
@@ -1089,7 +1182,7 @@ mod tests {
         // The server upgrades and closes 1008 again before the connection is stable:
         // no second refresh in the same streak.
         let fx = m.handle(Event::Closed(close(1008, "token expired")));
-        assert!(!fx.contains(&Effect::Refresh));
+        assert!(!refreshes(&fx));
         assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
     }
 
@@ -1105,7 +1198,7 @@ mod tests {
         m.handle(Event::Timer(TimerKind::Stable));
         // A new streak: one more refresh is allowed.
         let fx = m.handle(Event::Closed(close(1008, "")));
-        assert!(fx.contains(&Effect::Refresh));
+        assert!(fx.contains(&Effect::Refresh(RefreshReason::Rejected)));
     }
 
     #[test]
@@ -1115,7 +1208,10 @@ mod tests {
             refreshable: true,
             expiring_soon: true,
         });
-        assert_eq!(m.handle(Event::Start), vec![Effect::Refresh]);
+        assert_eq!(
+            m.handle(Event::Start),
+            vec![Effect::Refresh(RefreshReason::Proactive)]
+        );
         assert!(matches!(
             m.state(),
             State::RefreshingToken {
@@ -1149,7 +1245,10 @@ mod tests {
             "{fx:?}"
         );
         let fx = m.handle(Event::Timer(TimerKind::Backoff));
-        assert!(fx.contains(&Effect::Refresh), "{fx:?}");
+        assert!(
+            fx.contains(&Effect::Refresh(RefreshReason::Rejected)),
+            "{fx:?}"
+        );
     }
 
     #[test]

@@ -531,7 +531,7 @@ impl Step {
     }
 
     fn enters_forced_refresh(&self) -> bool {
-        self.emits(&Effect::Refresh)
+        self.effects.iter().any(is_refresh)
             && matches!(
                 self.after,
                 State::RefreshingToken {
@@ -540,6 +540,10 @@ impl Step {
                 }
             )
     }
+}
+
+fn is_refresh(effect: &Effect) -> bool {
+    matches!(effect, Effect::Refresh(_))
 }
 
 fn exit_of(effects: &[Effect]) -> Option<&Outcome> {
@@ -710,7 +714,7 @@ impl DriverView {
                     }
                     self.dial_pending = true;
                 }
-                Effect::Refresh => {
+                Effect::Refresh(_) => {
                     if self.dial_pending || self.refresh_pending {
                         self.overlapping_requests.push(effect.clone());
                     }
@@ -873,7 +877,7 @@ proptest! {
             let class = setup.class_of(&failure);
             if matches!(class, Class::Permanent | Class::RejectedData | Class::Permission | Class::Internal) {
                 prop_assert!(!step.emits(&Effect::Dial), "dialed after {failure:?}: {step:?}");
-                prop_assert!(!step.emits(&Effect::Refresh), "refreshed after {failure:?}: {step:?}");
+                prop_assert!(!step.effects.iter().any(is_refresh), "refreshed after {failure:?}: {step:?}");
                 prop_assert!(
                     matches!(step.after, State::Terminated { .. }),
                     "{class:?} failure {failure:?} did not terminate: {step:?}"
@@ -997,7 +1001,7 @@ proptest! {
         let plausible = run_plausible(&setup, &choices).trace;
         let (random, _) = run_random(&setup, &events);
         for step in plausible.iter().chain(&random) {
-            prop_assert!(!step.emits(&Effect::Refresh), "{step:?}");
+            prop_assert!(!step.effects.iter().any(is_refresh), "{step:?}");
             prop_assert!(!matches!(step.after, State::RefreshingToken { .. }), "{step:?}");
         }
     }
@@ -1223,7 +1227,7 @@ proptest! {
             if exit_of(&effects).is_some() {
                 break;
             }
-            let replies = if effects.contains(&Effect::Refresh) {
+            let replies = if effects.iter().any(is_refresh) {
                 vec![Event::RefreshDone(Ok(()))]
             } else if effects.contains(&Effect::Dial) {
                 let mut replies = vec![Event::DialSucceeded];
@@ -1236,7 +1240,7 @@ proptest! {
             effects = replies.into_iter().flat_map(|e| machine.handle(e)).collect();
             log.extend(effects.iter().cloned());
         }
-        prop_assert_eq!(log.iter().filter(|e| **e == Effect::Refresh).count(), 1, "{:?}", log);
+        prop_assert_eq!(log.iter().filter(|e| is_refresh(e)).count(), 1, "{:?}", log);
         prop_assert_eq!(exits_in_effects(&log), 1);
         let outcome = exit_of(&log).expect("the session ended");
         prop_assert!(matches!(outcome, Outcome::Stopped { class: Class::Auth, failure: Failure::Close { code: 1008, .. } }), "{outcome:?}");
@@ -1287,7 +1291,7 @@ proptest! {
             if last.exit().is_some() {
                 break;
             }
-            let replies = if last.emits(&Effect::Refresh) {
+            let replies = if last.effects.iter().any(is_refresh) {
                 vec![Event::RefreshDone(endpoint.next().expect("endless"))]
             } else if last.emits(&Effect::Dial) {
                 rejection.clone()
@@ -1778,7 +1782,7 @@ impl StateMachineTest for MachineUnderTest {
             "Dial effects, {context}: {effects:?}"
         );
         assert_eq!(
-            count(|e| *e == Effect::Refresh),
+            count(is_refresh),
             expect(matches!(model.phase, Phase::Refreshing(_))),
             "Refresh effects, {context}: {effects:?}"
         );
