@@ -1044,20 +1044,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     }
 }
 
-const TIMER_KINDS: [TimerKind; 6] = [
-    TimerKind::Backoff,
-    TimerKind::Ping,
-    TimerKind::Liveness,
-    TimerKind::Stable,
-    TimerKind::CloseGrace,
-    TimerKind::Linger,
-];
-
 /// The machine's timers on one tokio `Sleep`. Re-arming a timer to a later deadline
 /// (liveness, on every frame) only stores an `Instant`; the sleep is reset only when the
 /// earliest deadline changes, so the data path does no timer-wheel work.
 struct Timers {
-    deadlines: [Option<Instant>; TIMER_KINDS.len()],
+    deadlines: [Option<Instant>; TimerKind::ALL.len()],
     sleep: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
 }
@@ -1065,25 +1056,18 @@ struct Timers {
 impl Timers {
     fn new() -> Self {
         Timers {
-            deadlines: [None; TIMER_KINDS.len()],
+            deadlines: [None; TimerKind::ALL.len()],
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed_for: None,
         }
     }
 
-    fn slot(kind: TimerKind) -> usize {
-        TIMER_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .expect("every kind has a slot")
-    }
-
     fn start(&mut self, kind: TimerKind, after: Duration) {
-        self.deadlines[Self::slot(kind)] = Some(Instant::now() + after);
+        self.deadlines[kind.index()] = Some(Instant::now() + after);
     }
 
     fn cancel(&mut self, kind: TimerKind) {
-        self.deadlines[Self::slot(kind)] = None;
+        self.deadlines[kind.index()] = None;
     }
 
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<TimerKind> {
@@ -1107,7 +1091,7 @@ impl Timers {
                 .position(|d| d.is_some_and(|d| d <= now))
             {
                 self.deadlines[slot] = None;
-                return Poll::Ready(TIMER_KINDS[slot]);
+                return Poll::Ready(TimerKind::ALL[slot]);
             }
         }
     }

@@ -90,6 +90,8 @@ pub enum Effect {
     Exit(Outcome),
 }
 
+/// The machine's timers. The discriminants are `0..ALL.len()`, so a table of timers is
+/// an array indexed by [`TimerKind::index`] (as quinn-proto's `TimerTable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimerKind {
     /// The backoff delay has passed: redial.
@@ -106,6 +108,35 @@ pub enum TimerKind {
     /// close frame. Re-armed by every message received while lingering, so that replies
     /// to the last thing we sent are not cut off.
     Linger,
+}
+
+impl TimerKind {
+    /// Every timer, in discriminant order: `ALL[kind.index()] == kind`.
+    pub const ALL: [TimerKind; 6] = [
+        TimerKind::Backoff,
+        TimerKind::Ping,
+        TimerKind::Liveness,
+        TimerKind::Stable,
+        TimerKind::CloseGrace,
+        TimerKind::Linger,
+    ];
+
+    /// The timer's name in logs and in `wsup states`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TimerKind::Backoff => "timer(backoff)",
+            TimerKind::Ping => "timer(ping)",
+            TimerKind::Liveness => "timer(liveness)",
+            TimerKind::Stable => "timer(stable)",
+            TimerKind::CloseGrace => "timer(close_grace)",
+            TimerKind::Linger => "timer(linger)",
+        }
+    }
+
+    /// This timer's slot in a table of [`TimerKind::ALL`]`.len()` entries.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -592,14 +623,11 @@ impl Core {
 
     #[action]
     fn exit_connected(context: &mut Step) {
-        for kind in [
-            TimerKind::Ping,
-            TimerKind::Liveness,
-            TimerKind::Stable,
-            TimerKind::CloseGrace,
-            TimerKind::Linger,
-        ] {
-            context.push(Effect::CancelTimer(kind));
+        // Every timer but the backoff's belongs to the connection.
+        for kind in TimerKind::ALL {
+            if kind != TimerKind::Backoff {
+                context.push(Effect::CancelTimer(kind));
+            }
         }
     }
 
@@ -954,6 +982,13 @@ mod tests {
         CredentialState {
             refreshable: true,
             expiring_soon: false,
+        }
+    }
+
+    #[test]
+    fn every_timer_kind_is_in_all_at_its_index() {
+        for (slot, kind) in TimerKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), slot);
         }
     }
 

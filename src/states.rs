@@ -150,15 +150,8 @@ fn probes() -> Vec<Probe> {
     };
     plain("start", Event::Start);
     plain("dial_succeeded", Event::DialSucceeded);
-    for (name, kind) in [
-        ("timer(backoff)", TimerKind::Backoff),
-        ("timer(ping)", TimerKind::Ping),
-        ("timer(liveness)", TimerKind::Liveness),
-        ("timer(stable)", TimerKind::Stable),
-        ("timer(close_grace)", TimerKind::CloseGrace),
-        ("timer(linger)", TimerKind::Linger),
-    ] {
-        plain(name, Event::Timer(kind));
+    for kind in TimerKind::ALL {
+        plain(kind.name(), Event::Timer(kind));
     }
     plain("refresh_ok", Event::RefreshDone(Ok(())));
     plain("sigint", Event::Signal(Sig::Interrupt));

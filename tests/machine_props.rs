@@ -62,15 +62,6 @@ const RANDOM_CASES: u32 = 256;
 const MODEL_CASES: u32 = 256;
 const MAX_STEPS: usize = 60;
 
-const ALL_TIMERS: [TimerKind; 6] = [
-    TimerKind::Backoff,
-    TimerKind::Ping,
-    TimerKind::Liveness,
-    TimerKind::Stable,
-    TimerKind::CloseGrace,
-    TimerKind::Linger,
-];
-
 /// Application close codes the failure strategy draws from; `--retry-close-codes`
 /// is drawn as a subset of the same list so that both classifications occur.
 const APP_CODES: [u16; 4] = [4000, 4001, 4500, 4999];
@@ -319,7 +310,7 @@ fn frame() -> impl Strategy<Value = Message> {
 }
 
 fn timer_kind() -> impl Strategy<Value = TimerKind> {
-    prop::sample::select(ALL_TIMERS.to_vec())
+    prop::sample::select(TimerKind::ALL.to_vec())
 }
 
 fn signal() -> impl Strategy<Value = Sig> {
@@ -745,7 +736,7 @@ impl DriverView {
         if self.refresh_pending {
             answers.push(Event::RefreshDone(choice.refresh.clone()));
         }
-        for kind in ALL_TIMERS {
+        for kind in TimerKind::ALL {
             let due = kind != TimerKind::Stable || choice.stable_due;
             if self.armed.contains(&kind) && due {
                 answers.push(Event::Timer(kind));
