@@ -13,8 +13,8 @@ use crate::backoff::{Backoff, BackoffPolicy, Jitter};
 use crate::classify::{Failure, NetworkKind};
 use crate::credentials::{Anonymous, Credentials, Secret, EXPIRY_WINDOW};
 use crate::machine::{
-    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, OutputLoss,
-    RefreshReason, Sig, TimerKind,
+    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, OutputLoss, Payload,
+    RefreshReason, Sig, Text, TimerKind,
 };
 use crate::session::{self, LinkEnds, Session};
 use crate::transport::{
@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
 
@@ -406,7 +406,7 @@ impl<D: Dialer> Driver<D> {
                     let outbound = take_outbound.then_some(&mut self.ends.outbound);
                     self.conn.as_mut().map_or(Poll::Pending, |c| c.poll_io(cx, read_enabled, outbound))
                 }), if self.conn.is_some() => match io {
-                    ConnEvent::Frame(message) => Event::Frame(message),
+                    ConnEvent::Frame(message) => inbound_event(message),
                     ConnEvent::OutboundEnded => {
                         self.outbound_done = true;
                         // Everything the session sent before is in the queue by now.
@@ -493,7 +493,11 @@ impl<D: Dialer> Driver<D> {
             // Not on the data path: frames and read pauses come by the thousand.
             if !matches!(
                 event,
-                Event::Frame(_) | Event::ReadsPaused | Event::ReadsResumed
+                Event::Received(_)
+                    | Event::PingReceived
+                    | Event::PongReceived
+                    | Event::ReadsPaused
+                    | Event::ReadsResumed
             ) {
                 self.machine.set_credentials(self.credential_state());
             }
@@ -546,12 +550,18 @@ impl<D: Dialer> Driver<D> {
                         .await
                 }));
             }
-            Effect::Send(message) => {
+            Effect::Send(payload) => {
                 if let Some(conn) = self.conn.as_mut() {
-                    conn.queue.push_back(message);
+                    conn.queue.push_back(message_of(payload));
                 }
             }
-            Effect::Deliver(message) => {
+            Effect::SendPing => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.queue.push_back(Message::Ping(Default::default()));
+                }
+            }
+            Effect::Deliver(payload) => {
+                let message = message_of(payload);
                 if self.session_gone {
                     return None;
                 }
@@ -723,6 +733,34 @@ impl<D: Dialer> Driver<D> {
             }
         }
         outcome
+    }
+}
+
+/// A message read from the connection, as the machine's event. The machine takes no
+/// websocket types: this and [`message_of`] are the edge.
+fn inbound_event(message: Message) -> Event {
+    match message {
+        Message::Text(text) => {
+            // SAFETY: tungstenite validated the frame as UTF-8 to make a `Utf8Bytes`.
+            let text = unsafe { Text::from_utf8_unchecked(text.into()) };
+            Event::Received(Payload::Text(text))
+        }
+        Message::Binary(bytes) => Event::Received(Payload::Binary(bytes)),
+        Message::Ping(_) => Event::PingReceived,
+        // A close frame is taken in `Conn::poll_io` (as `Closed`, with the wire's code),
+        // and a raw frame is never read; both still prove the peer alive, like a pong.
+        Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Event::PongReceived,
+    }
+}
+
+/// A payload from the machine as the message the connection or the session takes.
+fn message_of(payload: Payload) -> Message {
+    match payload {
+        Payload::Text(text) => {
+            // SAFETY: a `Text` is valid UTF-8 by construction.
+            Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(text.into_bytes()) })
+        }
+        Payload::Binary(bytes) => Message::Binary(bytes),
     }
 }
 

@@ -24,13 +24,52 @@
 
 use crate::backoff::Backoff;
 use crate::classify::{Class, ClassifyRules, Failure};
+use bytes::Bytes;
 use statig::blocking::state_machine;
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 use statig::Outcome as Response;
 use statig::Outcome::{Handled, Super, Transition};
 use std::fmt;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
+
+/// A message's content. The machine only passes it on; it is its own type so that the
+/// machine depends on no websocket library (the driver converts at its edge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Text(Text),
+    Binary(Bytes),
+}
+
+/// UTF-8 text held as shared bytes, so that a text message crosses the machine without
+/// a copy or a second validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(Bytes);
+
+impl Text {
+    /// # Safety
+    /// `bytes` must be valid UTF-8 (the driver builds it from a text frame the
+    /// websocket layer already validated).
+    pub unsafe fn from_utf8_unchecked(bytes: Bytes) -> Self {
+        Text(bytes)
+    }
+
+    /// The text's bytes, valid UTF-8.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(text: &'static str) -> Self {
+        Text(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Text(Bytes::from(text))
+    }
+}
 
 /// Everything that can happen to a supervised connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,9 +78,14 @@ pub enum Event {
     Start,
     DialSucceeded,
     DialFailed(Failure),
-    /// A frame arrived on the open connection.
-    Frame(Message),
-    /// The open connection ended (close frame, reset, EOF).
+    /// A message arrived on the open connection.
+    Received(Payload),
+    /// The server pinged us (the websocket layer answers it).
+    PingReceived,
+    /// The server answered a ping.
+    PongReceived,
+    /// The open connection ended (the server's close frame, a reset, EOF): the one way a
+    /// close reaches the machine.
     Closed(Failure),
     Timer(TimerKind),
     RefreshDone(Result<(), Failure>),
@@ -73,9 +117,12 @@ pub enum Event {
 pub enum Effect {
     /// Open a new connection; answer with `DialSucceeded` or `DialFailed`.
     Dial,
-    Send(Message),
-    /// Hand a payload to the session.
-    Deliver(Message),
+    /// Queue a message on the connection.
+    Send(Payload),
+    /// Queue a ping on the connection.
+    SendPing,
+    /// Hand a message to the session.
+    Deliver(Payload),
     /// Send a close frame; the connection is dropped once the machine leaves Connected.
     Close(u16, String),
     /// (Re)arm a timer; answer with `Timer(kind)` when it fires.
@@ -495,30 +542,25 @@ impl Core {
         event: &Event,
     ) -> Response<State> {
         match event {
-            Event::Frame(message) => {
-                // Anything at all proves the peer is alive, pongs included.
+            Event::Received(payload) => {
+                // Anything at all proves the peer is alive.
                 self.rearm_liveness(context);
-                match message {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if *closing && !*close_sent {
-                            // The server is still answering: keep lingering.
-                            context.push(Effect::StartTimer(TimerKind::Linger, self.config.linger));
-                        }
-                        context.push(Effect::Deliver(message.clone()));
-                        Handled
-                    }
-                    Message::Close(frame) => {
-                        let failure = Failure::from_close_frame(frame.as_ref());
-                        Transition(self.after_disconnect(context, failure, *closing, *guards))
-                    }
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Handled,
+                if *closing && !*close_sent {
+                    // The server is still answering: keep lingering.
+                    context.push(Effect::StartTimer(TimerKind::Linger, self.config.linger));
                 }
+                context.push(Effect::Deliver(payload.clone()));
+                Handled
+            }
+            Event::PingReceived | Event::PongReceived => {
+                self.rearm_liveness(context);
+                Handled
             }
             Event::Closed(failure) => {
                 Transition(self.after_disconnect(context, failure.clone(), *closing, *guards))
             }
             Event::Timer(TimerKind::Ping) => {
-                context.push(Effect::Send(Message::Ping(Default::default())));
+                context.push(Effect::SendPing);
                 context.push(Effect::StartTimer(
                     TimerKind::Ping,
                     self.config.ping_interval,
@@ -575,7 +617,7 @@ impl Core {
             Event::UserInterrupt => {
                 // After our close frame nothing more may be sent.
                 if !*closing {
-                    context.push(Effect::Send(Message::Binary(vec![CTRL_C].into())));
+                    context.push(Effect::Send(Payload::Binary(Bytes::from_static(&[CTRL_C]))));
                 }
                 Handled
             }
@@ -829,7 +871,9 @@ fn event_name(event: &Event) -> &'static str {
         Event::Start => "start",
         Event::DialSucceeded => "dial_succeeded",
         Event::DialFailed(_) => "dial_failed",
-        Event::Frame(_) => "frame",
+        Event::Received(_) => "received",
+        Event::PingReceived => "ping_received",
+        Event::PongReceived => "pong_received",
         Event::Closed(_) => "closed",
         Event::Timer(TimerKind::Backoff) => "timer_backoff",
         Event::Timer(TimerKind::Ping) => "timer_ping",
@@ -1020,15 +1064,15 @@ mod tests {
         let mut m = machine(MachineConfig::default());
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Frame(Message::Text("hi".into())));
+        let fx = m.handle(Event::Received(Payload::Text("hi".into())));
         assert_eq!(
             fx,
             vec![
                 Effect::StartTimer(TimerKind::Liveness, Duration::from_secs(40)),
-                Effect::Deliver(Message::Text("hi".into())),
+                Effect::Deliver(Payload::Text("hi".into())),
             ]
         );
-        let fx = m.handle(Event::Frame(Message::Pong(Default::default())));
+        let fx = m.handle(Event::PongReceived);
         assert_eq!(
             fx,
             vec![Effect::StartTimer(
@@ -1049,8 +1093,8 @@ mod tests {
         );
         // A frame read while paused (draining after a write error) does not re-arm it,
         // and a liveness timer that raced its cancellation is ignored.
-        let fx = m.handle(Event::Frame(Message::Text("hi".into())));
-        assert_eq!(fx, vec![Effect::Deliver(Message::Text("hi".into()))]);
+        let fx = m.handle(Event::Received(Payload::Text("hi".into())));
+        assert_eq!(fx, vec![Effect::Deliver(Payload::Text("hi".into()))]);
         assert_eq!(m.handle(Event::Timer(TimerKind::Liveness)), vec![]);
         assert!(m.is_connected());
         assert_eq!(
@@ -1088,7 +1132,7 @@ mod tests {
         assert_eq!(
             fx,
             vec![
-                Effect::Send(Message::Ping(Default::default())),
+                Effect::SendPing,
                 Effect::StartTimer(TimerKind::Ping, Duration::from_secs(20)),
             ]
         );
@@ -1130,19 +1174,6 @@ mod tests {
         let fx = m.handle(Event::Closed(close(1000, "bye")));
         assert_eq!(exit_of(&fx), Some(&Outcome::Done));
         assert_eq!(Outcome::Done.exit_code(), 0);
-    }
-
-    #[test]
-    fn close_frame_event_is_classified_like_closed() {
-        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Frame(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(1002),
-            reason: "bad frame".into(),
-        }))));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(69));
     }
 
     #[test]
@@ -1374,7 +1405,7 @@ mod tests {
         m.handle(Event::Start);
         m.handle(Event::DialSucceeded);
         let fx = m.handle(Event::UserInterrupt);
-        assert_eq!(fx, vec![Effect::Send(Message::Binary(vec![CTRL_C].into()))]);
+        assert_eq!(fx, vec![Effect::Send(Payload::Binary(vec![CTRL_C].into()))]);
         m.handle(Event::Closed(close(1011, "agent gone")));
         let fx = m.handle(Event::UserInterrupt);
         assert_eq!(exit_of(&fx), Some(&Outcome::Interrupted));
@@ -1402,12 +1433,12 @@ mod tests {
             )]
         );
         // A reply re-arms the linger timer and is delivered.
-        let fx = m.handle(Event::Frame(Message::Text("reply".into())));
+        let fx = m.handle(Event::Received(Payload::Text("reply".into())));
         assert!(fx.contains(&Effect::StartTimer(
             TimerKind::Linger,
             Duration::from_secs(1)
         )));
-        assert!(fx.contains(&Effect::Deliver(Message::Text("reply".into()))));
+        assert!(fx.contains(&Effect::Deliver(Payload::Text("reply".into()))));
         // Quiet for the whole linger: our close, then wait for the server's.
         let fx = m.handle(Event::Timer(TimerKind::Linger));
         assert_eq!(
@@ -1418,7 +1449,7 @@ mod tests {
             ]
         );
         // After our close, frames no longer re-arm the linger.
-        let fx = m.handle(Event::Frame(Message::Text("late".into())));
+        let fx = m.handle(Event::Received(Payload::Text("late".into())));
         assert!(!fx
             .iter()
             .any(|e| matches!(e, Effect::StartTimer(TimerKind::Linger, _))));
@@ -1486,8 +1517,8 @@ mod tests {
             ]
         );
         // Messages still arriving are delivered.
-        let fx = m.handle(Event::Frame(Message::Text("late".into())));
-        assert!(fx.contains(&Effect::Deliver(Message::Text("late".into()))));
+        let fx = m.handle(Event::Received(Payload::Text("late".into())));
+        assert!(fx.contains(&Effect::Deliver(Payload::Text("late".into()))));
         let fx = m.handle(Event::Closed(close(1000, "")));
         assert_eq!(exit_of(&fx), Some(&Outcome::Done));
     }

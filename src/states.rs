@@ -18,14 +18,12 @@
 use crate::backoff::{Backoff, BackoffPolicy, Jitter};
 use crate::classify::{Failure, NetworkKind};
 use crate::machine::{
-    state_name, Core, CredentialState, Event, Guards, Machine, MachineConfig, Outcome, Resume, Sig,
-    State, Superstate, TimerKind,
+    state_name, Core, CredentialState, Event, Guards, Machine, MachineConfig, Outcome, Payload,
+    Resume, Sig, State, Superstate, TimerKind,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-use tokio_tungstenite::tungstenite::Message;
 
 /// How `wsup states` prints the diagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -158,19 +156,13 @@ fn probes() -> Vec<Probe> {
     plain("sigterm", Event::Signal(Sig::Terminate));
     plain("user_interrupt", Event::UserInterrupt);
     plain("local_eof", Event::LocalEof);
-    plain("frame(text)", Event::Frame(Message::Text("x".into())));
+    plain("frame(text)", Event::Received(Payload::Text("x".into())));
     plain(
         "frame(binary)",
-        Event::Frame(Message::Binary(vec![0].into())),
+        Event::Received(Payload::Binary(vec![0].into())),
     );
-    plain(
-        "frame(ping)",
-        Event::Frame(Message::Ping(Default::default())),
-    );
-    plain(
-        "frame(pong)",
-        Event::Frame(Message::Pong(Default::default())),
-    );
+    plain("frame(ping)", Event::PingReceived);
+    plain("frame(pong)", Event::PongReceived);
 
     let mut failing = |kind: &'static str, representative: &'static str, failure: Failure| {
         let class = Some(class_of(&failure));
@@ -226,29 +218,6 @@ fn probes() -> Vec<Probe> {
         failing("closed", representative, close(code, reason));
     }
     failing("closed", "reset", network(NetworkKind::Reset));
-    // A close frame read as a frame is the same end of the connection: the same label,
-    // so the two merge on the diagram where they behave alike.
-    for (representative, code, reason) in closes {
-        if code == 1005 {
-            continue;
-        }
-        let frame = Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        }));
-        let failure = Failure::from_close_frame(match &frame {
-            Message::Close(frame) => frame.as_ref(),
-            _ => None,
-        });
-        probes.push(Probe {
-            label: EventLabel {
-                kind: "closed",
-                class: Some(class_of(&failure)),
-                representative,
-            },
-            event: Event::Frame(frame),
-        });
-    }
     probes
 }
 

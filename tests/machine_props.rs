@@ -26,13 +26,10 @@ use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
 use std::collections::HashSet;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 use wsup::backoff::{Backoff, BackoffPolicy, Jitter, RETRY_AFTER_CAP};
 use wsup::classify::{Class, ClassifyRules, Failure, NetworkKind};
 use wsup::machine::{
-    state_name, CredentialState, Effect, Event, Guards, Machine, MachineConfig, Outcome,
+    state_name, CredentialState, Effect, Event, Guards, Machine, MachineConfig, Outcome, Payload,
     RefreshReason, Resume, Sig, State, TimerKind, CLOSE_GOING_AWAY,
 };
 
@@ -88,7 +85,7 @@ fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Class {
             1002 | 1010 | 1015 => Class::Permanent,
             4000..=4999 if retry_close_codes.contains(code) => Class::Transient,
             4000..=4999 => Class::Permanent,
-            // A close frame without a status code (see `failure_of_close_frame`): the
+            // A close frame without a status code (see `close_frame`): the
             // connection ended, nothing says why.
             1005 => Class::Transient,
             1001 | 1011..=1014 | 3000..=3999 => Class::Transient,
@@ -138,20 +135,6 @@ fn signal_exit_code(sig: Sig) -> u8 {
     match sig {
         Sig::Interrupt => 130,
         Sig::Terminate => 143,
-    }
-}
-
-/// A close frame read off the connection, as the failure it stands for (no status = 1005).
-fn failure_of_close_frame(frame: &Option<CloseFrame>) -> Failure {
-    match frame {
-        Some(frame) => Failure::Close {
-            code: u16::from(frame.code),
-            reason: frame.reason.to_string(),
-        },
-        None => Failure::Close {
-            code: 1005,
-            reason: String::new(),
-        },
     }
 }
 
@@ -285,27 +268,26 @@ fn refresh_result() -> impl Strategy<Value = Result<(), Failure>> {
     ]
 }
 
-fn close_frame() -> impl Strategy<Value = Message> {
+/// The server's close frame, as the failure the driver reports for it (no status: 1005).
+fn close_frame() -> impl Strategy<Value = Failure> {
     prop_oneof![
-        Just(Message::Close(None)),
-        close_failure().prop_map(|failure| match failure {
-            Failure::Close { code, reason } => Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            })),
-            _ => unreachable!("close_failure only makes closes"),
+        Just(Failure::Close {
+            code: 1005,
+            reason: String::new(),
         }),
+        close_failure(),
     ]
 }
 
-/// Frames an open connection delivers; a close frame now and then.
-fn frame() -> impl Strategy<Value = Message> {
+/// What an open connection delivers; a close frame now and then (which reaches the
+/// machine as `Closed`, the one way a close does).
+fn frame() -> impl Strategy<Value = Event> {
     prop_oneof![
-        3 => Just(Message::Text("hello".into())),
-        1 => Just(Message::Binary(vec![1, 2, 3].into())),
-        2 => Just(Message::Ping(vec![7].into())),
-        2 => Just(Message::Pong(Default::default())),
-        1 => close_frame(),
+        3 => Just(Event::Received(Payload::Text("hello".into()))),
+        1 => Just(Event::Received(Payload::Binary(vec![1, 2, 3].into()))),
+        2 => Just(Event::PingReceived),
+        2 => Just(Event::PongReceived),
+        1 => close_frame().prop_map(Event::Closed),
     ]
 }
 
@@ -324,7 +306,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         2 => Just(Event::Start),
         3 => Just(Event::DialSucceeded),
         3 => any_failure().prop_map(Event::DialFailed),
-        3 => frame().prop_map(Event::Frame),
+        3 => frame(),
         3 => any_failure().prop_map(Event::Closed),
         4 => timer_kind().prop_map(Event::Timer),
         3 => refresh_result().prop_map(Event::RefreshDone),
@@ -506,9 +488,6 @@ impl Step {
             (State::Dialing { .. }, Event::DialFailed(f)) => Some(f.clone()),
             (State::RefreshingToken { .. }, Event::RefreshDone(Err(f))) => Some(f.clone()),
             (State::Connected { .. }, Event::Closed(f)) => Some(f.clone()),
-            (State::Connected { .. }, Event::Frame(Message::Close(frame))) => {
-                Some(failure_of_close_frame(frame))
-            }
             (State::Connected { .. }, Event::Timer(TimerKind::Liveness)) => Some(Failure::Liveness),
             _ => None,
         }
@@ -611,7 +590,7 @@ struct DriverChoice {
     pick: Index,
     dial_failure: Failure,
     loss: Failure,
-    frame: Message,
+    frame: Event,
     refresh: Result<(), Failure>,
     signal: Sig,
     expiring_soon: bool,
@@ -743,7 +722,7 @@ impl DriverView {
             }
         }
         if connected {
-            answers.push(Event::Frame(choice.frame.clone()));
+            answers.push(choice.frame.clone());
             answers.push(Event::Closed(choice.loss.clone()));
         }
         // A timer not yet due still comes due if nothing else can happen first.
@@ -1189,9 +1168,9 @@ proptest! {
 fn chatter() -> impl Strategy<Value = Vec<Event>> {
     prop::collection::vec(
         prop_oneof![
-            Just(Event::Frame(Message::Text("motd".into()))),
-            Just(Event::Frame(Message::Ping(vec![1].into()))),
-            Just(Event::Frame(Message::Pong(Default::default()))),
+            Just(Event::Received(Payload::Text("motd".into()))),
+            Just(Event::PingReceived),
+            Just(Event::PongReceived),
             Just(Event::Timer(TimerKind::Ping)),
         ],
         0..4,
@@ -1546,9 +1525,6 @@ impl Model {
             (Connected { closing, .. }, Event::Closed(failure)) => {
                 self.lose_connection(failure, closing)
             }
-            (Connected { closing, .. }, Event::Frame(Message::Close(frame))) => {
-                self.lose_connection(&failure_of_close_frame(frame), closing)
-            }
             (Connected { closing, .. }, Event::Timer(TimerKind::Liveness)) => {
                 self.lose_connection(&Failure::Liveness, closing)
             }
@@ -1658,7 +1634,7 @@ impl ReferenceStateMachine for ReferenceModel {
                     timers.push(TimerKind::Linger);
                 }
                 prop_oneof![
-                    3 => frame().prop_map(Event::Frame),
+                    3 => frame(),
                     2 => connection_loss().prop_map(Event::Closed),
                     2 => prop::sample::select(timers).prop_map(Event::Timer),
                     1 => Just(Event::LocalEof),
@@ -1840,14 +1816,13 @@ proptest! {
     #![proptest_config(cases(RANDOM_CASES))]
 
     /// DESIGN.md: "While wsup is closing (stdin EOF), the server's close is still
-    /// classified". Whether the server's close (as a `Closed` or as a close frame) comes
-    /// before or after our `LocalEof`, the exit code is the same.
+    /// classified". Whether the server's close comes before or after our `LocalEof`, the
+    /// exit code is the same.
     #[test]
     fn a_close_racing_stdin_eof_gives_the_same_exit_code_in_either_order(
         setup in any_setup(),
         code in prop::sample::select(TABLE_CLOSE_CODES.to_vec()),
         reason in prop::sample::select(vec!["", "token expired", "Not authorized to X", "bad"]),
-        as_frame in any::<bool>(),
     ) {
         let mut setup = Setup { expiry_drifts: false, ..setup };
         if setup.class_of(&Failure::Close { code, reason: reason.into() }) == Class::Transient {
@@ -1858,14 +1833,7 @@ proptest! {
             setup.redial_after_connected = true;
             setup.max_retries = setup.max_retries.map(|n| n.max(1));
         }
-        let server_close = || if as_frame {
-            Event::Frame(Message::Close(Some(CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            })))
-        } else {
-            Event::Closed(Failure::Close { code, reason: reason.into() })
-        };
+        let server_close = || Event::Closed(Failure::Close { code, reason: reason.into() });
         let connected = || {
             let mut machine = setup.machine();
             machine.handle(Event::Start);
