@@ -10,41 +10,42 @@
 //! receives and `reserve` lose nothing when another arm wins.
 
 use crate::backoff::{Backoff, BackoffPolicy, Jitter};
-use crate::classify::{Failure, NetworkKind};
+use crate::classify::Failure;
 use crate::credentials::{Anonymous, Credentials, Secret, EXPIRY_WINDOW};
 use crate::machine::{
-    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, OutputLoss, Payload,
-    RefreshReason, Sig, Text, TimerKind,
+    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, OutputLoss,
+    RefreshReason,
 };
 use crate::session::{self, LinkEnds, Session};
-use crate::transport::{
-    failure_from_ws_error, Transport, TransportConfig, WireClose, WsStream, WsTransportStream,
-};
-use futures_util::{Sink, Stream};
+use crate::transport::{Transport, TransportConfig, WireClose, WsStream, WsTransportStream};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{ready, Context, Poll};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use url::Url;
 
-/// After a write or ping fails, keep reading this long for the server's real close frame.
-pub const DRAIN_AFTER_WRITE_ERROR: Duration = Duration::from_millis(500);
+mod connection;
+mod signals;
+mod timers;
+
+pub use connection::DRAIN_AFTER_WRITE_ERROR;
+use connection::{inbound_event, message_of, Conn, ConnEvent};
+use signals::{no_signals, signal_arrives};
+pub use signals::{process_signals, SignalWatch};
+use timers::Timers;
+
 /// On exit, how long the close frame may take to leave. Keeps signal-to-exit fast.
 const EXIT_FLUSH: Duration = Duration::from_millis(50);
-/// A retired connection gets this long to finish its closing handshake in the background.
 /// At exit, how long to wait for the server to answer our close frame.
 const CLOSE_ANSWER_WAIT: Duration = Duration::from_millis(250);
-const RETIRE_GRACE: Duration = Duration::from_secs(1);
-/// Messages waiting for the socket before the driver stops taking more from the session.
-const SEND_QUEUE_MESSAGES: usize = 16;
 
 /// Everything a supervisor needs to know, built by the CLI or by a library user.
 #[derive(Debug, Clone)]
@@ -68,9 +69,6 @@ impl Config {
 
 /// Receives the notices the user should see (failures, retry plans, refreshes).
 pub type NoticeSink = Arc<dyn Fn(&Notice) + Send + Sync>;
-
-/// A source of SIGINT/SIGTERM: `Some(sig)` once one arrived.
-pub type SignalWatch = watch::Receiver<Option<Sig>>;
 
 /// Opens websocket connections for the driver. [`Transport`] is the real one (TCP, TLS,
 /// HTTP upgrade); tests plug in an in-memory one so that the driver runs under paused
@@ -237,80 +235,6 @@ impl Supervisor {
 
 fn log_notice(notice: &Notice) {
     tracing::info!(target: "wsup::notice", "{notice:?}");
-}
-
-/// A signal source that never fires (its sender is gone at once).
-fn no_signals() -> SignalWatch {
-    watch::channel(None).1
-}
-
-/// The process's SIGINT/SIGTERM, as a watch shared by every supervisor in the process.
-///
-/// Registered once, on a small thread of its own, so that it outlives any one tokio
-/// runtime (tests and benchmarks create many). Once registered, the signals no longer
-/// kill the process: the supervisors exit cleanly with 130/143 instead.
-pub fn process_signals() -> SignalWatch {
-    static SIGNALS: OnceLock<watch::Sender<Option<Sig>>> = OnceLock::new();
-    SIGNALS
-        .get_or_init(|| {
-            let (tx, _) = watch::channel(None);
-            let publisher = tx.clone();
-            // Wait until the handlers are installed, so that a signal sent right after
-            // this returns is not lost.
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("wsup-signals".into())
-                .spawn(move || forward_signals(publisher, ready_tx));
-            match spawned {
-                Ok(_) => {
-                    if let Ok(Err(e)) = ready_rx.recv() {
-                        tracing::warn!("cannot listen for SIGINT/SIGTERM: {e}");
-                    }
-                }
-                Err(e) => tracing::warn!("cannot start the signal thread: {e}"),
-            }
-            tx
-        })
-        .subscribe()
-}
-
-/// The body of the signal thread: its own small runtime, so that the signal stream is
-/// registered with a reactor that lives as long as the process.
-fn forward_signals(
-    publisher: watch::Sender<Option<Sig>>,
-    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
-) {
-    use futures_util::StreamExt;
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let mut signals = match signal_hook_tokio::Signals::new([
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-        ]) {
-            Ok(signals) => signals,
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        let _ = ready.send(Ok(()));
-        while let Some(signal) = signals.next().await {
-            let sig = match signal {
-                signal_hook::consts::SIGTERM => Sig::Terminate,
-                _ => Sig::Interrupt,
-            };
-            publisher.send_replace(Some(sig));
-        }
-    });
 }
 
 type DialFuture<S> = Pin<Box<dyn Future<Output = Result<WebSocketStream<S>, Failure>> + Send>>;
@@ -736,401 +660,9 @@ impl<D: Dialer> Driver<D> {
     }
 }
 
-/// A message read from the connection, as the machine's event. The machine takes no
-/// websocket types: this and [`message_of`] are the edge.
-fn inbound_event(message: Message) -> Event {
-    match message {
-        Message::Text(text) => {
-            // SAFETY: tungstenite validated the frame as UTF-8 to make a `Utf8Bytes`.
-            let text = unsafe { Text::from_utf8_unchecked(text.into()) };
-            Event::Received(Payload::Text(text))
-        }
-        Message::Binary(bytes) => Event::Received(Payload::Binary(bytes)),
-        Message::Ping(_) => Event::PingReceived,
-        // A close frame is taken in `Conn::poll_io` (as `Closed`, with the wire's code),
-        // and a raw frame is never read; both still prove the peer alive, like a pong.
-        Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Event::PongReceived,
-    }
-}
-
-/// A payload from the machine as the message the connection or the session takes.
-fn message_of(payload: Payload) -> Message {
-    match payload {
-        Payload::Text(text) => {
-            // SAFETY: a `Text` is valid UTF-8 by construction.
-            Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(text.into_bytes()) })
-        }
-        Payload::Binary(bytes) => Message::Binary(bytes),
-    }
-}
-
 /// Closing the supervisor's end of the inbound channel tells the session that the
 /// supervisor has stopped: it takes what is left, then `recv` returns `None`.
 fn close_inbound(ends: &mut LinkEnds) {
     let (closed_tx, _) = mpsc::channel(1);
     drop(std::mem::replace(&mut ends.inbound, closed_tx));
-}
-
-/// Completes with the next SIGINT/SIGTERM (one that already arrived counts); never, if
-/// the signal source is gone.
-async fn signal_arrives(signals: &mut SignalWatch) -> Sig {
-    loop {
-        if let Some(sig) = *signals.borrow_and_update() {
-            return sig;
-        }
-        if signals.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
-}
-
-/// An open websocket with its outgoing queue.
-struct Conn<S> {
-    ws: WebSocketStream<S>,
-    /// The server's close frame as it was on the wire ([`Dialer::wire_close`]).
-    wire_close: WireCloseOf<S>,
-    queue: VecDeque<Message>,
-    needs_flush: bool,
-    /// Set when a write failed: the failure to report, unless the server's close frame
-    /// arrives before the deadline.
-    drain: Option<(Failure, Pin<Box<Sleep>>)>,
-    /// Set when the server broke the protocol: reading has stopped, the session's answers
-    /// to what it already got still go out, then our close frame.
-    violation: Option<Violation>,
-    /// Messages handed to the driver on this connection: with none, the session has
-    /// nothing to answer and a violation closes at once.
-    frames_read: u64,
-}
-
-/// A protocol violation the server committed, on its way to our close frame.
-struct Violation {
-    failure: Failure,
-    /// Our close frame (1002/1007/1009 and a short reason) until it is queued.
-    close: Option<CloseFrame>,
-    /// End of the grace for the session's answers, then of the close frame's flush.
-    deadline: Pin<Box<Sleep>>,
-}
-
-/// The close frame for a violation wsup detected in what the server sent (RFC 6455
-/// §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big), or `None` when the
-/// error is not the server breaking the protocol (I/O, a reset, our own state).
-fn violation_close(failure: &Failure) -> Option<CloseFrame> {
-    let Failure::Violation { code, detail } = failure else {
-        return None;
-    };
-    // A close reason is at most 123 bytes (a control frame's 125 minus the code).
-    let mut end = detail.len().min(123);
-    while !detail.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(CloseFrame {
-        code: CloseCode::from(*code),
-        reason: detail[..end].to_owned().into(),
-    })
-}
-
-type WireCloseOf<S> = for<'a> fn(&'a S) -> Option<&'a WireClose>;
-
-enum ConnEvent {
-    Frame(Message),
-    Closed(Failure),
-    /// The session dropped its sender: everything it sent is in the queue.
-    OutboundEnded,
-}
-
-/// Rounds of "take up to the queue bound, hand it to the websocket" in one `poll_io`, so
-/// that a session that keeps the channel full cannot keep the driver from reading or
-/// seeing a signal.
-const OUTBOUND_ROUNDS_PER_POLL: usize = 8;
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
-    fn new(ws: WebSocketStream<S>, wire_close: WireCloseOf<S>) -> Self {
-        Conn {
-            ws,
-            wire_close,
-            queue: VecDeque::new(),
-            needs_flush: false,
-            drain: None,
-            violation: None,
-            frames_read: 0,
-        }
-    }
-
-    /// Take the session's messages (when `outbound` is given) while the queue has room,
-    /// push queued writes forward, then read one frame. A burst of small messages goes
-    /// out in one flush.
-    fn poll_io(
-        &mut self,
-        cx: &mut Context<'_>,
-        read: bool,
-        mut outbound: Option<&mut mpsc::Receiver<session::Outbound>>,
-    ) -> Poll<ConnEvent> {
-        let mut rounds = 0;
-        let mut outbound_ended = false;
-        while self.drain.is_none() {
-            // Whether a wake-up is due when the session sends more: the channel said
-            // Pending (its waker is registered), or messages are not taken now.
-            let mut channel_waits = true;
-            if let Some(receiver) = outbound.as_deref_mut() {
-                channel_waits = false;
-                while self.queue.len() < SEND_QUEUE_MESSAGES {
-                    match receiver.poll_recv(cx) {
-                        Poll::Ready(Some(item)) => {
-                            self.queue.push_back(item.message);
-                            // The session's byte budget is released once the socket has it.
-                            drop(item.permit);
-                        }
-                        // After a violation, the session's end is the end of its answers.
-                        Poll::Ready(None) if self.violation.is_some() => {
-                            outbound_ended = true;
-                            break;
-                        }
-                        Poll::Ready(None) => return Poll::Ready(ConnEvent::OutboundEnded),
-                        Poll::Pending => {
-                            channel_waits = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            // Hand the queue to the websocket, which writes to the socket whenever its
-            // buffer passes `write_buffer_size`; flush only once the session has nothing
-            // more right now, so a burst of small messages costs a few syscalls, not one
-            // per message.
-            let sent = match self.poll_send_queue(cx) {
-                Poll::Ready(Ok(())) if !channel_waits => {
-                    // The queue was full: the session may have more, and nothing would
-                    // wake us for it.
-                    rounds += 1;
-                    if rounds < OUTBOUND_ROUNDS_PER_POLL {
-                        continue;
-                    }
-                    // Come back after the other arms had their turn.
-                    cx.waker().wake_by_ref();
-                    self.poll_flush(cx)
-                }
-                Poll::Ready(Ok(())) => self.poll_flush(cx),
-                // The socket is full; its waker is registered.
-                other => other,
-            };
-            if let Poll::Ready(Err(error)) = sent {
-                self.drain = Some((
-                    failure_from_ws_error(error),
-                    Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_ERROR)),
-                ));
-            }
-            break;
-        }
-        if self.drain.is_none() && self.violation.is_some() {
-            return self.poll_violation(cx, outbound_ended);
-        }
-        if read || self.drain.is_some() {
-            match Pin::new(&mut self.ws).poll_next(cx) {
-                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
-                    let wire = (self.wire_close)(self.ws.get_ref());
-                    return Poll::Ready(ConnEvent::Closed(Failure::from_received_close(
-                        frame.as_ref(),
-                        wire,
-                    )));
-                }
-                Poll::Ready(Some(Ok(message))) => {
-                    self.frames_read += 1;
-                    return Poll::Ready(ConnEvent::Frame(message));
-                }
-                Poll::Ready(Some(Err(error))) => {
-                    let failure = match self.drain.take() {
-                        Some((write_failure, _)) => write_failure,
-                        None => failure_from_ws_error(error),
-                    };
-                    if let Some(close) = violation_close(&failure) {
-                        // What arrived before the violation was delivered; give the
-                        // session a short grace to answer it (nothing to answer: none).
-                        let grace = if self.frames_read == 0 {
-                            Duration::ZERO
-                        } else {
-                            DRAIN_AFTER_WRITE_ERROR
-                        };
-                        self.violation = Some(Violation {
-                            failure,
-                            close: Some(close),
-                            deadline: Box::pin(tokio::time::sleep(grace)),
-                        });
-                        return self.poll_violation(cx, false);
-                    }
-                    return Poll::Ready(ConnEvent::Closed(failure));
-                }
-                Poll::Ready(None) => {
-                    let failure = match self.drain.take() {
-                        Some((write_failure, _)) => write_failure,
-                        None => Failure::Network {
-                            kind: NetworkKind::Eof,
-                            detail: String::new(),
-                        },
-                    };
-                    return Poll::Ready(ConnEvent::Closed(failure));
-                }
-                Poll::Pending => {}
-            }
-        }
-        if let Some((failure, deadline)) = self.drain.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(ConnEvent::Closed(failure.clone()));
-            }
-        }
-        Poll::Pending
-    }
-
-    /// Whether anything queued (the session's messages, our close frame) has not reached
-    /// the socket yet.
-    fn has_unsent(&self) -> bool {
-        !self.queue.is_empty() || self.needs_flush
-    }
-
-    /// The session's messages still in the queue (not pings, not close frames).
-    fn take_unsent_messages(&mut self) -> VecDeque<Message> {
-        self.queue
-            .drain(..)
-            .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
-            .collect()
-    }
-
-    /// After a violation: the session's answers go out until the grace ends (or the
-    /// session ends), then our close frame; Closed once it is flushed, or could not be
-    /// within the same bound again.
-    fn poll_violation(&mut self, cx: &mut Context<'_>, outbound_ended: bool) -> Poll<ConnEvent> {
-        let Some(violation) = self.violation.as_mut() else {
-            return Poll::Pending;
-        };
-        if violation.close.is_some() {
-            if !outbound_ended && violation.deadline.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.queue.push_back(Message::Close(violation.close.take()));
-            violation
-                .deadline
-                .as_mut()
-                .reset(Instant::now() + DRAIN_AFTER_WRITE_ERROR);
-        }
-        let flushed = self.poll_flush_queue(cx).is_ready();
-        let Some(violation) = self.violation.as_mut() else {
-            return Poll::Pending;
-        };
-        if flushed || violation.deadline.as_mut().poll(cx).is_ready() {
-            let failure = violation.failure.clone();
-            self.violation = None;
-            return Poll::Ready(ConnEvent::Closed(failure));
-        }
-        Poll::Pending
-    }
-
-    /// Ready(Ok) once everything queued is written and flushed.
-    fn poll_flush_queue(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
-        match self.poll_send_queue(cx) {
-            Poll::Ready(Ok(())) => self.poll_flush(cx),
-            other => other,
-        }
-    }
-
-    /// Ready(Ok) once everything queued is in the websocket's write buffer (parts of it
-    /// may already be on the socket).
-    fn poll_send_queue(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
-        let mut ws = Pin::new(&mut self.ws);
-        while !self.queue.is_empty() {
-            match ws.as_mut().poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    let message = self.queue.pop_front().expect("not empty");
-                    ws.as_mut().start_send(message)?;
-                    self.needs_flush = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Ready(Ok) once what the websocket buffered is on the socket.
-    fn poll_flush(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
-        if self.needs_flush {
-            ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
-            self.needs_flush = false;
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Finish the closing handshake in the background, bounded, then drop the socket.
-    fn retire(mut self) {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(RETIRE_GRACE, async {
-                let _ = poll_fn(|cx| self.poll_flush_queue(cx)).await;
-                let _ = futures_util::SinkExt::close(&mut self.ws).await;
-            })
-            .await;
-        });
-    }
-}
-
-/// The machine's timers on one tokio `Sleep`. Re-arming a timer to a later deadline
-/// (liveness, on every frame) only stores an `Instant`; the sleep is reset only when the
-/// earliest deadline changes, so the data path does no timer-wheel work.
-struct Timers {
-    deadlines: [Option<Instant>; TimerKind::ALL.len()],
-    sleep: Pin<Box<Sleep>>,
-    armed_for: Option<Instant>,
-}
-
-impl Timers {
-    fn new() -> Self {
-        Timers {
-            deadlines: [None; TimerKind::ALL.len()],
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            armed_for: None,
-        }
-    }
-
-    fn start(&mut self, kind: TimerKind, after: Duration) {
-        self.deadlines[kind.index()] = Some(Instant::now() + after);
-    }
-
-    fn cancel(&mut self, kind: TimerKind) {
-        self.deadlines[kind.index()] = None;
-    }
-
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<TimerKind> {
-        loop {
-            let Some(earliest) = self.deadlines.iter().flatten().min().copied() else {
-                self.armed_for = None;
-                return Poll::Pending;
-            };
-            if self.armed_for != Some(earliest) {
-                self.sleep.as_mut().reset(earliest);
-                self.armed_for = Some(earliest);
-            }
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.armed_for = None;
-            let now = Instant::now();
-            if let Some(slot) = self
-                .deadlines
-                .iter()
-                .position(|d| d.is_some_and(|d| d <= now))
-            {
-                self.deadlines[slot] = None;
-                return Poll::Ready(TimerKind::ALL[slot]);
-            }
-        }
-    }
 }
