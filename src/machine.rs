@@ -27,7 +27,7 @@ use crate::classify::{Class, ClassifyRules, Failure};
 use bytes::Bytes;
 use statig::blocking::state_machine;
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
-use statig::Outcome as Response;
+use statig::Outcome as Handling;
 use statig::Outcome::{Handled, Super, Transition};
 use std::fmt;
 use std::time::Duration;
@@ -344,9 +344,11 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// The byte a raw terminal sends for Ctrl+C.
 pub const CTRL_C: u8 = 0x03;
 
-/// The statig shared storage: configuration and the jitter source.
+/// What the supervision keeps across all states (statig's shared storage, the `self` of
+/// every state handler): the configuration, the jitter source, and the few facts about
+/// the session that outlive any one state.
 #[derive(Debug)]
-pub struct Core {
+pub struct Supervision {
     config: MachineConfig,
     backoff: Backoff,
     /// A connection of this session has succeeded: from then on a host name that is not
@@ -359,10 +361,11 @@ pub struct Core {
     reads_paused: bool,
 }
 
-/// Per-dispatch context: what goes in (credential state, which event) and what comes
-/// out (effects, the reason for a transition, for the log line).
+/// The context of one dispatch (statig's per-call context): what goes in (credential
+/// state, which event, whether writes are pending) and what comes out (the effects, the
+/// reason for a transition, for the log line).
 #[derive(Debug, Default)]
-pub struct Step {
+pub struct DispatchContext {
     effects: Vec<Effect>,
     creds: CredentialState,
     event: &'static str,
@@ -372,7 +375,7 @@ pub struct Step {
     outbound_pending: bool,
 }
 
-impl Step {
+impl DispatchContext {
     fn push(&mut self, effect: Effect) {
         self.effects.push(effect);
     }
@@ -384,10 +387,10 @@ impl Step {
     state(derive(Debug, Clone, PartialEq)),
     superstate(derive(Debug))
 )]
-impl Core {
+impl Supervision {
     /// Before `Start`: nothing has been dialed yet.
     #[state]
-    fn idle(&mut self, context: &mut Step, event: &Event) -> Response<State> {
+    fn idle(&mut self, context: &mut DispatchContext, event: &Event) -> Handling<State> {
         match event {
             Event::Start => Transition(self.dial_or_refresh(context, 0, Guards::default())),
             Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
@@ -397,7 +400,7 @@ impl Core {
     }
 
     #[superstate]
-    fn running(&mut self, event: &Event) -> Response<State> {
+    fn running(&mut self, event: &Event) -> Handling<State> {
         match event {
             Event::ReadsPaused => {
                 self.reads_paused = true;
@@ -422,7 +425,7 @@ impl Core {
     }
 
     #[superstate(superstate = "running")]
-    fn offline(event: &Event) -> Response<State> {
+    fn offline(event: &Event) -> Handling<State> {
         match event {
             Event::UserInterrupt => Transition(State::terminated(Outcome::Interrupted)),
             Event::LocalGone => Transition(State::terminated(Outcome::Done)),
@@ -433,11 +436,11 @@ impl Core {
     #[state(superstate = "offline", entry_action = "enter_dialing")]
     fn dialing(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         attempt: &mut u32,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         match event {
             Event::DialSucceeded => {
                 self.has_connected = true;
@@ -454,19 +457,19 @@ impl Core {
     }
 
     #[action]
-    fn enter_dialing(context: &mut Step) {
+    fn enter_dialing(context: &mut DispatchContext) {
         context.push(Effect::Dial);
     }
 
     #[state(superstate = "offline", entry_action = "enter_refreshing_token")]
     fn refreshing_token(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         reason: &mut RefreshReason,
         attempt: &mut u32,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         match event {
             Event::RefreshDone(Ok(())) => Transition(State::dialing(*attempt, *guards)),
             Event::RefreshDone(Err(failure)) => {
@@ -489,7 +492,7 @@ impl Core {
     }
 
     #[action]
-    fn enter_refreshing_token(context: &mut Step, reason: &mut RefreshReason) {
+    fn enter_refreshing_token(context: &mut DispatchContext, reason: &mut RefreshReason) {
         context.push(Effect::Refresh(*reason));
     }
 
@@ -500,13 +503,13 @@ impl Core {
     )]
     fn backoff(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         attempt: &mut u32,
         delay: &mut Duration,
         resume: &mut Resume,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         let _ = delay;
         match event {
             Event::Timer(TimerKind::Backoff) => Transition(match resume {
@@ -518,12 +521,12 @@ impl Core {
     }
 
     #[action]
-    fn enter_backoff(context: &mut Step, delay: &mut Duration) {
+    fn enter_backoff(context: &mut DispatchContext, delay: &mut Duration) {
         context.push(Effect::StartTimer(TimerKind::Backoff, *delay));
     }
 
     #[action]
-    fn exit_backoff(context: &mut Step) {
+    fn exit_backoff(context: &mut DispatchContext) {
         context.push(Effect::CancelTimer(TimerKind::Backoff));
     }
 
@@ -534,13 +537,13 @@ impl Core {
     )]
     fn connected(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         since_stable: &mut bool,
         closing: &mut bool,
         close_sent: &mut bool,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         match event {
             Event::Received(payload) => {
                 // Anything at all proves the peer is alive.
@@ -649,7 +652,7 @@ impl Core {
     }
 
     #[action]
-    fn enter_connected(&mut self, context: &mut Step, since_stable: &mut bool) {
+    fn enter_connected(&mut self, context: &mut DispatchContext, since_stable: &mut bool) {
         context.push(Effect::StartTimer(
             TimerKind::Ping,
             self.config.ping_interval,
@@ -664,7 +667,7 @@ impl Core {
     }
 
     #[action]
-    fn exit_connected(context: &mut Step) {
+    fn exit_connected(context: &mut DispatchContext) {
         // Every timer but the backoff's belongs to the connection.
         for kind in TimerKind::ALL {
             if kind != TimerKind::Backoff {
@@ -675,21 +678,21 @@ impl Core {
 
     /// Absorbing: every event is ignored.
     #[state(entry_action = "enter_terminated")]
-    fn terminated(outcome: &mut Outcome) -> Response<State> {
+    fn terminated(outcome: &mut Outcome) -> Handling<State> {
         let _ = outcome;
         Handled
     }
 
     #[action]
-    fn enter_terminated(context: &mut Step, outcome: &mut Outcome) {
+    fn enter_terminated(context: &mut DispatchContext, outcome: &mut Outcome) {
         context.push(Effect::Exit(outcome.clone()));
     }
 }
 
-impl Core {
+impl Supervision {
     /// A whole liveness window from now, unless reads are paused (then the deadline is
     /// held until they resume).
-    fn rearm_liveness(&self, context: &mut Step) {
+    fn rearm_liveness(&self, context: &mut DispatchContext) {
         if !self.reads_paused {
             context.push(Effect::StartTimer(
                 TimerKind::Liveness,
@@ -699,7 +702,7 @@ impl Core {
     }
 
     /// Dial next, unless the token is about to expire and can be refreshed first.
-    fn dial_or_refresh(&self, context: &Step, attempt: u32, guards: Guards) -> State {
+    fn dial_or_refresh(&self, context: &DispatchContext, attempt: u32, guards: Guards) -> State {
         if context.creds.refreshable && context.creds.expiring_soon {
             State::refreshing_token(RefreshReason::Proactive, attempt, guards)
         } else {
@@ -708,7 +711,7 @@ impl Core {
     }
 
     /// Our close frame (normal closure), then wait `close_grace` for the server's.
-    fn send_close(&self, context: &mut Step) {
+    fn send_close(&self, context: &mut DispatchContext) {
         context.push(Effect::Close(1000, String::new()));
         context.push(Effect::StartTimer(
             TimerKind::CloseGrace,
@@ -719,7 +722,7 @@ impl Core {
     /// The connection went away after it was established.
     fn after_disconnect(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         failure: Failure,
         closing: bool,
         guards: Guards,
@@ -745,7 +748,7 @@ impl Core {
     /// permission, rejected data, permanent, or a transient end that lost data) is
     /// classified as if we were not closing, so the exit code does not depend on whether
     /// the server's close raced our stdin EOF.
-    fn ends_a_finished_session(&self, context: &Step, failure: &Failure) -> bool {
+    fn ends_a_finished_session(&self, context: &DispatchContext, failure: &Failure) -> bool {
         if let Failure::Close {
             code: 1000 | 1001 | 1005,
             ..
@@ -761,7 +764,12 @@ impl Core {
     }
 
     /// The heart of the policy: what a failure leads to.
-    fn after_failure(&mut self, context: &mut Step, failure: Failure, mut guards: Guards) -> State {
+    fn after_failure(
+        &mut self,
+        context: &mut DispatchContext,
+        failure: Failure,
+        mut guards: Guards,
+    ) -> State {
         context.reason = Some(failure.label());
         let class = self
             .config
@@ -791,7 +799,7 @@ impl Core {
     /// Count a transient failure against the budget and back off, or give up.
     fn retry_later(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         failure: Failure,
         mut guards: Guards,
         resume: Resume,
@@ -816,7 +824,7 @@ impl Core {
         State::backoff(attempt, delay, resume, guards)
     }
 
-    fn after_transition(&mut self, source: &State, target: &State, context: &mut Step) {
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut DispatchContext) {
         let (attempt, delay_ms) = match target {
             State::Dialing { attempt, .. } | State::RefreshingToken { attempt, .. } => {
                 (Some(*attempt), None)
@@ -903,8 +911,8 @@ impl fmt::Display for State {
 
 /// The supervisor's state machine with its per-dispatch context.
 pub struct Machine {
-    inner: InitializedStateMachine<Core>,
-    step: Step,
+    inner: InitializedStateMachine<Supervision>,
+    context: DispatchContext,
 }
 
 impl fmt::Debug for Machine {
@@ -917,28 +925,28 @@ impl fmt::Debug for Machine {
 
 impl Machine {
     pub fn new(config: MachineConfig, backoff: Backoff) -> Self {
-        let mut step = Step::default();
-        let inner = Core {
+        let mut context = DispatchContext::default();
+        let inner = Supervision {
             config,
             backoff,
             has_connected: false,
             reads_paused: false,
         }
         .uninitialized_state_machine()
-        .init_with_context(&mut step);
-        Machine { inner, step }
+        .init_with_context(&mut context);
+        Machine { inner, context }
     }
 
     /// Tell the machine what it may do with the credentials (refreshed by the driver).
     pub fn set_credentials(&mut self, creds: CredentialState) {
-        self.step.creds = creds;
+        self.context.creds = creds;
     }
 
     /// Tell the machine whether messages (or our close frame) still wait to be written
     /// (refreshed by the driver before each event): a transient end while closing is the
     /// session's normal end only when nothing was left unsent.
     pub fn set_outbound_pending(&mut self, pending: bool) {
-        self.step.outbound_pending = pending;
+        self.context.outbound_pending = pending;
     }
 
     /// Feed one event; returns the effects the driver must carry out, in order.
@@ -951,9 +959,9 @@ impl Machine {
     /// Like [`Machine::handle`], appending to a buffer the caller reuses: no allocation
     /// per event on the data path.
     pub fn handle_into(&mut self, event: &Event, out: &mut Vec<Effect>) {
-        self.step.event = event_name(event);
-        self.inner.handle_with_context(event, &mut self.step);
-        out.append(&mut self.step.effects);
+        self.context.event = event_name(event);
+        self.inner.handle_with_context(event, &mut self.context);
+        out.append(&mut self.context.effects);
     }
 
     pub fn state(&self) -> &State {

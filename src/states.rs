@@ -18,8 +18,8 @@
 use crate::backoff::{Backoff, BackoffPolicy, Jitter};
 use crate::classify::{Failure, NetworkKind};
 use crate::machine::{
-    state_name, Core, CredentialState, Event, Guards, Machine, MachineConfig, Outcome, Payload,
-    Resume, Sig, State, Superstate, TimerKind,
+    state_name, CredentialState, Event, Guards, Machine, MachineConfig, Outcome, Payload, Resume,
+    Sig, State, Superstate, Supervision, TimerKind,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -304,7 +304,7 @@ fn superstates(state: &State) -> Vec<&'static str> {
     }
     let mut state = state.clone();
     let mut chain = Vec::new();
-    let mut current = statig::blocking::State::<Core>::superstate(&mut state);
+    let mut current = statig::blocking::State::<Supervision>::superstate(&mut state);
     while let Some(mut superstate) = current {
         chain.push(name(&superstate));
         current = superstate.superstate().map(|s| match s {

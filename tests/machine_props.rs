@@ -337,9 +337,10 @@ struct Setup {
 }
 
 impl Setup {
-    /// Issue #4's scenario: a refreshable token that is not about to expire (and does
-    /// not drift), a session that redials after a connection ends.
-    fn issue_4(self) -> Setup {
+    /// A refreshable token that is not about to expire (and does not drift), a session
+    /// that redials after a connection ends: the setting of issue #4 (an upgrade then a
+    /// close 1008, again and again, must not refresh in a loop).
+    fn refreshable_token_redialing(self) -> Setup {
         Setup {
             redial_after_connected: true,
             creds: CredentialState {
@@ -461,14 +462,14 @@ fn any_setup() -> impl Strategy<Value = Setup> {
 
 /// One event handled by the machine, with what it saw and did.
 #[derive(Debug, Clone)]
-struct Step {
+struct Dispatch {
     before: State,
     event: Event,
     effects: Vec<Effect>,
     after: State,
 }
 
-impl Step {
+impl Dispatch {
     fn emits(&self, effect: &Effect) -> bool {
         self.effects.contains(effect)
     }
@@ -530,12 +531,12 @@ fn exits_in_effects(effects: &[Effect]) -> usize {
         .count()
 }
 
-fn exits_in(trace: &[Step]) -> usize {
+fn exits_in(trace: &[Dispatch]) -> usize {
     trace.iter().map(|s| exits_in_effects(&s.effects)).sum()
 }
 
 /// Splits a trace into failure streaks: a streak ends with a handled `Timer(Stable)`.
-fn streaks(trace: &[Step]) -> Vec<&[Step]> {
+fn streaks(trace: &[Dispatch]) -> Vec<&[Dispatch]> {
     let mut out = Vec::new();
     let mut start = 0;
     for (i, step) in trace.iter().enumerate() {
@@ -548,10 +549,10 @@ fn streaks(trace: &[Step]) -> Vec<&[Step]> {
     out
 }
 
-fn handle(machine: &mut Machine, event: Event) -> Step {
+fn handle(machine: &mut Machine, event: Event) -> Dispatch {
     let before = machine.state().clone();
     let effects = machine.handle(event.clone());
-    Step {
+    Dispatch {
         before,
         event,
         effects,
@@ -560,7 +561,7 @@ fn handle(machine: &mut Machine, event: Event) -> Step {
 }
 
 /// Feeds a sequence as-is, whatever the state: the machine must cope with anything.
-fn run_random(setup: &Setup, events: &[(Event, bool)]) -> (Vec<Step>, Machine) {
+fn run_random(setup: &Setup, events: &[(Event, bool)]) -> (Vec<Dispatch>, Machine) {
     let mut machine = setup.machine();
     let trace = events
         .iter()
@@ -745,7 +746,7 @@ enum Ending {
 
 #[derive(Debug)]
 struct Run {
-    trace: Vec<Step>,
+    trace: Vec<Dispatch>,
     ending: Ending,
     overlapping_requests: Vec<Effect>,
     machine: Machine,
@@ -992,7 +993,7 @@ proptest! {
 }
 
 /// An `Exit` must be the one DESIGN.md prescribes for the event that caused it.
-fn check_exit_code(setup: &Setup, step: &Step) -> Result<(), TestCaseError> {
+fn check_exit_code(setup: &Setup, step: &Dispatch) -> Result<(), TestCaseError> {
     let Some(outcome) = step.exit() else {
         return Ok(());
     };
@@ -1070,7 +1071,7 @@ fn ends_a_finished_session(setup: &Setup, failure: &Failure) -> bool {
 
 /// A signal: nothing if already Terminated; otherwise Terminated with `Exit(Signal)` as
 /// the last effect, after a close frame if a connection was open.
-fn check_signal(step: &Step, sig: Sig) -> Result<(), TestCaseError> {
+fn check_signal(step: &Dispatch, sig: Sig) -> Result<(), TestCaseError> {
     if matches!(step.before, State::Terminated { .. }) {
         prop_assert!(step.effects.is_empty(), "{step:?}");
         prop_assert_eq!(&step.after, &step.before);
@@ -1184,11 +1185,11 @@ proptest! {
     /// success: exactly one refresh, then exit 77, whatever `stable_after` and the retry
     /// budget, as long as the stable timer never fires.
     #[test]
-    fn issue_4_upgrade_then_close_1008_refreshes_once_then_exits_77(
+    fn upgrade_then_close_1008_refreshes_once_then_exits_77(
         setup in setups_with(any_max_retries(), Just(true).boxed()),
         chatter in chatter(),
     ) {
-        let setup = setup.issue_4();
+        let setup = setup.refreshable_token_redialing();
         let mut machine = setup.machine();
         let mut effects = machine.handle(Event::Start);
         let mut log = effects.clone();
@@ -1246,12 +1247,12 @@ proptest! {
     /// session ends with 77 (rejected again, or invalid_grant) or 75 (the retry budget
     /// ran out on the token endpoint).
     #[test]
-    fn issue_4_with_a_flaky_token_endpoint_refreshes_once(
+    fn repeated_1008_with_a_flaky_token_endpoint_refreshes_once(
         setup in setups_with(any_max_retries(), Just(true).boxed()),
         rejection in rejection(),
         endpoint in prop::collection::vec(refresh_result(), 0..6),
     ) {
-        let setup = setup.issue_4();
+        let setup = setup.refreshable_token_redialing();
         let mut machine = setup.machine();
         // Once the scripted answers run out, the endpoint works.
         let mut endpoint = endpoint.into_iter().chain(std::iter::repeat(Ok(())));
@@ -1280,7 +1281,7 @@ proptest! {
             .count();
         prop_assert!(refreshed <= 1, "{refreshed} successful refreshes: {trace:#?}");
         prop_assert_eq!(exits_in(&trace), 1, "{:#?}", trace);
-        let code = trace.iter().find_map(Step::exit).map(Outcome::exit_code);
+        let code = trace.iter().find_map(Dispatch::exit).map(Outcome::exit_code);
         prop_assert!(matches!(code, Some(75 | 77)), "exit {code:?}: {trace:#?}");
     }
 }
@@ -1396,8 +1397,9 @@ enum Then {
     Refresh(Why),
 }
 
+/// Where the reference model is: the machine's states, as DESIGN.md draws them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+enum ModelState {
     Idle,
     Dialing,
     Refreshing(Why),
@@ -1410,16 +1412,16 @@ enum Phase {
     Terminated(u8),
 }
 
-impl Phase {
+impl ModelState {
     /// DESIGN.md's state names.
     fn name(self) -> &'static str {
         match self {
-            Phase::Idle => "Idle",
-            Phase::Dialing => "Dialing",
-            Phase::Refreshing(_) => "RefreshingToken",
-            Phase::Backoff(_) => "Backoff",
-            Phase::Connected { .. } => "Connected",
-            Phase::Terminated(_) => "Terminated",
+            ModelState::Idle => "Idle",
+            ModelState::Dialing => "Dialing",
+            ModelState::Refreshing(_) => "RefreshingToken",
+            ModelState::Backoff(_) => "Backoff",
+            ModelState::Connected { .. } => "Connected",
+            ModelState::Terminated(_) => "Terminated",
         }
     }
 }
@@ -1427,7 +1429,7 @@ impl Phase {
 #[derive(Debug, Clone)]
 struct Model {
     setup: Setup,
-    phase: Phase,
+    phase: ModelState,
     refreshed_in_streak: bool,
     failures_in_streak: u32,
 }
@@ -1436,14 +1438,14 @@ impl Model {
     fn new(setup: Setup) -> Self {
         Model {
             setup,
-            phase: Phase::Idle,
+            phase: ModelState::Idle,
             refreshed_in_streak: false,
             failures_in_streak: 0,
         }
     }
 
     fn terminate(&mut self, code: u8) {
-        self.phase = Phase::Terminated(code);
+        self.phase = ModelState::Terminated(code);
     }
 
     /// "Before dialing with refreshable credentials that expire within 60 s, the
@@ -1451,9 +1453,9 @@ impl Model {
     fn dial(&mut self) {
         let creds = self.setup.creds;
         self.phase = if creds.refreshable && creds.expiring_soon {
-            Phase::Refreshing(Why::Expiring)
+            ModelState::Refreshing(Why::Expiring)
         } else {
-            Phase::Dialing
+            ModelState::Dialing
         };
     }
 
@@ -1463,7 +1465,7 @@ impl Model {
         self.failures_in_streak += 1;
         match self.setup.max_retries {
             Some(n) if self.failures_in_streak > n => self.terminate(75),
-            _ => self.phase = Phase::Backoff(then),
+            _ => self.phase = ModelState::Backoff(then),
         }
     }
 
@@ -1474,7 +1476,7 @@ impl Model {
             // Refresh once per streak, refreshable credentials only; redial at once.
             Class::Auth if self.setup.creds.refreshable && !self.refreshed_in_streak => {
                 self.refreshed_in_streak = true;
-                self.phase = Phase::Refreshing(Why::Rejected);
+                self.phase = ModelState::Refreshing(Why::Rejected);
             }
             class => self.terminate(design_exit_code(class)),
         }
@@ -1494,7 +1496,7 @@ impl Model {
     }
 
     fn on(mut self, event: &Event) -> Self {
-        use Phase::*;
+        use ModelState::*;
         match (self.phase, event) {
             (Terminated(_), _) => {}
             (_, Event::Signal(sig)) => self.terminate(signal_exit_code(*sig)),
@@ -1611,15 +1613,15 @@ impl ReferenceStateMachine for ReferenceModel {
         let stray = any_event().boxed();
         let local = prop_oneof![signal().prop_map(Event::Signal), Just(Event::UserInterrupt)];
         let expected: BoxedStrategy<Event> = match model.phase {
-            Phase::Idle => Just(Event::Start).boxed(),
-            Phase::Dialing => prop_oneof![
+            ModelState::Idle => Just(Event::Start).boxed(),
+            ModelState::Dialing => prop_oneof![
                 Just(Event::DialSucceeded),
                 any_failure().prop_map(Event::DialFailed),
             ]
             .boxed(),
-            Phase::Refreshing(_) => refresh_result().prop_map(Event::RefreshDone).boxed(),
-            Phase::Backoff(_) => Just(Event::Timer(TimerKind::Backoff)).boxed(),
-            Phase::Connected {
+            ModelState::Refreshing(_) => refresh_result().prop_map(Event::RefreshDone).boxed(),
+            ModelState::Backoff(_) => Just(Event::Timer(TimerKind::Backoff)).boxed(),
+            ModelState::Connected {
                 closing,
                 close_sent,
                 stable_pending,
@@ -1641,7 +1643,7 @@ impl ReferenceStateMachine for ReferenceModel {
                 ]
                 .boxed()
             }
-            Phase::Terminated(_) => return stray,
+            ModelState::Terminated(_) => return stray,
         };
         prop_oneof![10 => expected, 1 => local, 1 => stray].boxed()
     }
@@ -1655,7 +1657,7 @@ impl ReferenceStateMachine for ReferenceModel {
 /// state was just entered).
 struct MachineUnderTest {
     machine: Machine,
-    previous: Phase,
+    previous: ModelState,
 }
 
 fn guards_of(state: &State) -> Option<(Guards, u32)> {
@@ -1693,7 +1695,7 @@ impl StateMachineTest for MachineUnderTest {
 
         assert_eq!(state_name(state), model.phase.name(), "{context}");
         match (state, model.phase) {
-            (State::Terminated { outcome }, Phase::Terminated(code)) => {
+            (State::Terminated { outcome }, ModelState::Terminated(code)) => {
                 assert_eq!(outcome.exit_code(), code, "{context}")
             }
             (State::Idle {}, _) => {}
@@ -1705,14 +1707,14 @@ impl StateMachineTest for MachineUnderTest {
             }
         }
         match (state, model.phase) {
-            (State::RefreshingToken { reason, .. }, Phase::Refreshing(why)) => {
+            (State::RefreshingToken { reason, .. }, ModelState::Refreshing(why)) => {
                 let expected = match why {
                     Why::Expiring => RefreshReason::Proactive,
                     Why::Rejected => RefreshReason::Rejected,
                 };
                 assert_eq!(*reason, expected, "{context}");
             }
-            (State::Backoff { resume, .. }, Phase::Backoff(then)) => {
+            (State::Backoff { resume, .. }, ModelState::Backoff(then)) => {
                 let expected = match then {
                     Then::Dial => Resume::Dial,
                     Then::Refresh(Why::Expiring) => Resume::Refresh(RefreshReason::Proactive),
@@ -1726,7 +1728,7 @@ impl StateMachineTest for MachineUnderTest {
                     close_sent,
                     ..
                 },
-                Phase::Connected {
+                ModelState::Connected {
                     closing: expected,
                     close_sent: expected_close_sent,
                     ..
@@ -1745,22 +1747,22 @@ impl StateMachineTest for MachineUnderTest {
         let expect = |phase_matches: bool| usize::from(entered && phase_matches);
         assert_eq!(
             count(|e| *e == Effect::Dial),
-            expect(model.phase == Phase::Dialing),
+            expect(model.phase == ModelState::Dialing),
             "Dial effects, {context}: {effects:?}"
         );
         assert_eq!(
             count(is_refresh),
-            expect(matches!(model.phase, Phase::Refreshing(_))),
+            expect(matches!(model.phase, ModelState::Refreshing(_))),
             "Refresh effects, {context}: {effects:?}"
         );
         assert_eq!(
             count(|e| matches!(e, Effect::StartTimer(TimerKind::Backoff, _))),
-            expect(matches!(model.phase, Phase::Backoff(_))),
+            expect(matches!(model.phase, ModelState::Backoff(_))),
             "backoff timers, {context}: {effects:?}"
         );
         assert_eq!(
             count(|e| matches!(e, Effect::Exit(_))),
-            expect(matches!(model.phase, Phase::Terminated(_))),
+            expect(matches!(model.phase, ModelState::Terminated(_))),
             "Exit effects, {context}: {effects:?}"
         );
 
