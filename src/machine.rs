@@ -964,6 +964,11 @@ impl Machine {
         out.append(&mut self.context.effects);
     }
 
+    /// The current state's name, for logs ("Dialing", "Connected", …).
+    pub fn state_name(&self) -> &'static str {
+        state_name(self.state())
+    }
+
     pub fn state(&self) -> &State {
         self.inner.state()
     }

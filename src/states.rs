@@ -163,12 +163,17 @@ fn probes() -> Vec<Probe> {
     );
     plain("frame(ping)", Event::PingReceived);
     plain("frame(pong)", Event::PongReceived);
+    plain("local_gone", Event::LocalGone);
+    plain("output_failed", Event::OutputFailed("disk full".into()));
+    plain("reads_paused", Event::ReadsPaused);
+    plain("reads_resumed", Event::ReadsResumed);
 
     let mut failing = |kind: &'static str, representative: &'static str, failure: Failure| {
         let class = Some(class_of(&failure));
         let event = match kind {
             "dial_failed" => Event::DialFailed(failure),
             "refresh_failed" => Event::RefreshDone(Err(failure)),
+            "input_rejected" => Event::InputRejected(failure),
             _ => Event::Closed(failure),
         };
         probes.push(Probe {
@@ -187,6 +192,7 @@ fn probes() -> Vec<Probe> {
         ("refused", network(NetworkKind::Refused)),
         ("timeout", network(NetworkKind::ConnectTimeout)),
         ("tls", Failure::Tls("certificate not trusted".into())),
+        ("host not found", network(NetworkKind::HostNotFound)),
     ] {
         failing("dial_failed", representative, failure);
     }
@@ -218,6 +224,11 @@ fn probes() -> Vec<Probe> {
         failing("closed", representative, close(code, reason));
     }
     failing("closed", "reset", network(NetworkKind::Reset));
+    failing(
+        "input_rejected",
+        "line too long",
+        Failure::InputRejected("a stdin line is longer than --max-line".into()),
+    );
     probes
 }
 
