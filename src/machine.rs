@@ -21,6 +21,10 @@
 //! state to state, and are reset only once a connection has stayed up for
 //! `stable_after`: a server that upgrades and then immediately closes 1008 must not be
 //! able to drive an endless refresh loop.
+//!
+//! The file is about 1,000 lines on purpose: statig's state machine is one `impl` block,
+//! and the states, their handlers and the policy helpers they call read best together
+//! (the unit tests are in `machine/tests.rs`).
 
 use crate::backoff::Backoff;
 use crate::classify::{Class, ClassifyRules, Failure};
