@@ -352,7 +352,7 @@ pub const CTRL_C: u8 = 0x03;
 /// every state handler): the configuration, the jitter source, and the few facts about
 /// the session that outlive any one state.
 #[derive(Debug)]
-pub struct Supervision {
+pub(crate) struct Supervision {
     config: MachineConfig,
     backoff: Backoff,
     /// A connection of this session has succeeded: from then on a host name that is not
@@ -369,7 +369,7 @@ pub struct Supervision {
 /// state, which event, whether writes are pending) and what comes out (the effects, the
 /// reason for a transition, for the log line).
 #[derive(Debug, Default)]
-pub struct DispatchContext {
+pub(crate) struct DispatchContext {
     effects: Vec<Effect>,
     creds: CredentialState,
     event: &'static str,
