@@ -21,16 +21,59 @@
 //! state to state, and are reset only once a connection has stayed up for
 //! `stable_after`: a server that upgrades and then immediately closes 1008 must not be
 //! able to drive an endless refresh loop.
+//!
+//! The file is about 1,000 lines on purpose: statig's state machine is one `impl` block,
+//! and the states, their handlers and the policy helpers they call read best together
+//! (the unit tests are in `machine/tests.rs`).
 
 use crate::backoff::Backoff;
 use crate::classify::{Class, ClassifyRules, Failure};
+use bytes::Bytes;
 use statig::blocking::state_machine;
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
-use statig::Outcome as Response;
+use statig::Outcome as Handling;
 use statig::Outcome::{Handled, Super, Transition};
 use std::fmt;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
+
+/// A message's content. The machine only passes it on; it is its own type so that the
+/// machine depends on no websocket library (the driver converts at its edge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    Text(Text),
+    Binary(Bytes),
+}
+
+/// UTF-8 text held as shared bytes, so that a text message crosses the machine without
+/// a copy or a second validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text(Bytes);
+
+impl Text {
+    /// # Safety
+    /// `bytes` must be valid UTF-8 (the driver builds it from a text frame the
+    /// websocket layer already validated).
+    pub unsafe fn from_utf8_unchecked(bytes: Bytes) -> Self {
+        Text(bytes)
+    }
+
+    /// The text's bytes, valid UTF-8.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(text: &'static str) -> Self {
+        Text(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Text(Bytes::from(text))
+    }
+}
 
 /// Everything that can happen to a supervised connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,9 +82,14 @@ pub enum Event {
     Start,
     DialSucceeded,
     DialFailed(Failure),
-    /// A frame arrived on the open connection.
-    Frame(Message),
-    /// The open connection ended (close frame, reset, EOF).
+    /// A message arrived on the open connection.
+    Received(Payload),
+    /// The server pinged us (the websocket layer answers it).
+    PingReceived,
+    /// The server answered a ping.
+    PongReceived,
+    /// The open connection ended (the server's close frame, a reset, EOF): the one way a
+    /// close reaches the machine.
     Closed(Failure),
     Timer(TimerKind),
     RefreshDone(Result<(), Failure>),
@@ -60,6 +108,12 @@ pub enum Event {
     /// The session could not write what it received (stdout failed with an error other
     /// than a broken pipe): the output is lost, the session ends.
     OutputFailed(String),
+    /// The driver stopped reading the connection because the session is behind (a paused
+    /// pager, a slow disk). "Nothing received" means nothing then: that is our own
+    /// back-pressure, not a dead server, so the liveness deadline is held.
+    ReadsPaused,
+    /// Reading again: the server gets a whole liveness window from now to be heard.
+    ReadsResumed,
 }
 
 /// What the driver must do on the machine's behalf.
@@ -67,21 +121,28 @@ pub enum Event {
 pub enum Effect {
     /// Open a new connection; answer with `DialSucceeded` or `DialFailed`.
     Dial,
-    Send(Message),
-    /// Hand a payload to the session.
-    Deliver(Message),
+    /// Queue a message on the connection.
+    Send(Payload),
+    /// Queue a ping on the connection.
+    SendPing,
+    /// Hand a message to the session.
+    Deliver(Payload),
     /// Send a close frame; the connection is dropped once the machine leaves Connected.
     Close(u16, String),
     /// (Re)arm a timer; answer with `Timer(kind)` when it fires.
     StartTimer(TimerKind, Duration),
     CancelTimer(TimerKind),
-    /// Refresh the credentials; answer with `RefreshDone`.
-    Refresh,
+    /// Refresh the credentials; answer with `RefreshDone`. With
+    /// [`RefreshReason::Rejected`], the token the last dial sent is the one the server
+    /// rejected (a refresh can then tell whether someone else already replaced it).
+    Refresh(RefreshReason),
     Notify(Notice),
     /// Stop: the session is over.
     Exit(Outcome),
 }
 
+/// The machine's timers. The discriminants are `0..ALL.len()`, so a table of timers is
+/// an array indexed by [`TimerKind::index`] (as quinn-proto's `TimerTable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimerKind {
     /// The backoff delay has passed: redial.
@@ -98,6 +159,35 @@ pub enum TimerKind {
     /// close frame. Re-armed by every message received while lingering, so that replies
     /// to the last thing we sent are not cut off.
     Linger,
+}
+
+impl TimerKind {
+    /// Every timer, in discriminant order: `ALL[kind.index()] == kind`.
+    pub const ALL: [TimerKind; 6] = [
+        TimerKind::Backoff,
+        TimerKind::Ping,
+        TimerKind::Liveness,
+        TimerKind::Stable,
+        TimerKind::CloseGrace,
+        TimerKind::Linger,
+    ];
+
+    /// The timer's name in logs and in `wsup states`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TimerKind::Backoff => "timer(backoff)",
+            TimerKind::Ping => "timer(ping)",
+            TimerKind::Liveness => "timer(liveness)",
+            TimerKind::Stable => "timer(stable)",
+            TimerKind::CloseGrace => "timer(close_grace)",
+            TimerKind::Linger => "timer(linger)",
+        }
+    }
+
+    /// This timer's slot in a table of [`TimerKind::ALL`]`.len()` entries.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -258,20 +348,28 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// The byte a raw terminal sends for Ctrl+C.
 pub const CTRL_C: u8 = 0x03;
 
-/// The statig shared storage: configuration and the jitter source.
+/// What the supervision keeps across all states (statig's shared storage, the `self` of
+/// every state handler): the configuration, the jitter source, and the few facts about
+/// the session that outlive any one state.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Supervision {
     config: MachineConfig,
     backoff: Backoff,
     /// A connection of this session has succeeded: from then on a host name that is not
     /// found is a DNS hiccup (transient), not a typo in the URL (permanent).
     has_connected: bool,
+    /// The driver is not reading the connection (see [`Event::ReadsPaused`]): the
+    /// liveness timer is held until reads resume. Kept here, not in `Connected`, because
+    /// a pause can outlast a connection (the session is still behind on the last one's
+    /// messages when the next one opens).
+    reads_paused: bool,
 }
 
-/// Per-dispatch context: what goes in (credential state, which event) and what comes
-/// out (effects, the reason for a transition, for the log line).
+/// The context of one dispatch (statig's per-call context): what goes in (credential
+/// state, which event, whether writes are pending) and what comes out (the effects, the
+/// reason for a transition, for the log line).
 #[derive(Debug, Default)]
-pub struct Step {
+pub(crate) struct DispatchContext {
     effects: Vec<Effect>,
     creds: CredentialState,
     event: &'static str,
@@ -281,7 +379,7 @@ pub struct Step {
     outbound_pending: bool,
 }
 
-impl Step {
+impl DispatchContext {
     fn push(&mut self, effect: Effect) {
         self.effects.push(effect);
     }
@@ -293,10 +391,10 @@ impl Step {
     state(derive(Debug, Clone, PartialEq)),
     superstate(derive(Debug))
 )]
-impl Core {
+impl Supervision {
     /// Before `Start`: nothing has been dialed yet.
     #[state]
-    fn idle(&mut self, context: &mut Step, event: &Event) -> Response<State> {
+    fn idle(&mut self, context: &mut DispatchContext, event: &Event) -> Handling<State> {
         match event {
             Event::Start => Transition(self.dial_or_refresh(context, 0, Guards::default())),
             Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
@@ -306,8 +404,16 @@ impl Core {
     }
 
     #[superstate]
-    fn running(&mut self, event: &Event) -> Response<State> {
+    fn running(&mut self, event: &Event) -> Handling<State> {
         match event {
+            Event::ReadsPaused => {
+                self.reads_paused = true;
+                Handled
+            }
+            Event::ReadsResumed => {
+                self.reads_paused = false;
+                Handled
+            }
             Event::Signal(sig) => Transition(State::terminated(Outcome::Signal(*sig))),
             Event::InputRejected(failure) => Transition(State::terminated(Outcome::Stopped {
                 class: self.config.rules.classify(failure),
@@ -323,7 +429,7 @@ impl Core {
     }
 
     #[superstate(superstate = "running")]
-    fn offline(event: &Event) -> Response<State> {
+    fn offline(event: &Event) -> Handling<State> {
         match event {
             Event::UserInterrupt => Transition(State::terminated(Outcome::Interrupted)),
             Event::LocalGone => Transition(State::terminated(Outcome::Done)),
@@ -334,11 +440,11 @@ impl Core {
     #[state(superstate = "offline", entry_action = "enter_dialing")]
     fn dialing(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         attempt: &mut u32,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         match event {
             Event::DialSucceeded => {
                 self.has_connected = true;
@@ -355,19 +461,19 @@ impl Core {
     }
 
     #[action]
-    fn enter_dialing(context: &mut Step) {
+    fn enter_dialing(context: &mut DispatchContext) {
         context.push(Effect::Dial);
     }
 
     #[state(superstate = "offline", entry_action = "enter_refreshing_token")]
     fn refreshing_token(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         reason: &mut RefreshReason,
         attempt: &mut u32,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         match event {
             Event::RefreshDone(Ok(())) => Transition(State::dialing(*attempt, *guards)),
             Event::RefreshDone(Err(failure)) => {
@@ -390,8 +496,8 @@ impl Core {
     }
 
     #[action]
-    fn enter_refreshing_token(context: &mut Step) {
-        context.push(Effect::Refresh);
+    fn enter_refreshing_token(context: &mut DispatchContext, reason: &mut RefreshReason) {
+        context.push(Effect::Refresh(*reason));
     }
 
     #[state(
@@ -401,13 +507,13 @@ impl Core {
     )]
     fn backoff(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         attempt: &mut u32,
         delay: &mut Duration,
         resume: &mut Resume,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         let _ = delay;
         match event {
             Event::Timer(TimerKind::Backoff) => Transition(match resume {
@@ -419,12 +525,12 @@ impl Core {
     }
 
     #[action]
-    fn enter_backoff(context: &mut Step, delay: &mut Duration) {
+    fn enter_backoff(context: &mut DispatchContext, delay: &mut Duration) {
         context.push(Effect::StartTimer(TimerKind::Backoff, *delay));
     }
 
     #[action]
-    fn exit_backoff(context: &mut Step) {
+    fn exit_backoff(context: &mut DispatchContext) {
         context.push(Effect::CancelTimer(TimerKind::Backoff));
     }
 
@@ -435,53 +541,51 @@ impl Core {
     )]
     fn connected(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         since_stable: &mut bool,
         closing: &mut bool,
         close_sent: &mut bool,
         guards: &mut Guards,
         event: &Event,
-    ) -> Response<State> {
+    ) -> Handling<State> {
         match event {
-            Event::Frame(message) => {
-                // Anything at all proves the peer is alive, pongs included.
-                context.push(Effect::StartTimer(TimerKind::Liveness, self.liveness()));
-                match message {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if *closing && !*close_sent {
-                            // The server is still answering: keep lingering.
-                            context.push(Effect::StartTimer(TimerKind::Linger, self.config.linger));
-                        }
-                        context.push(Effect::Deliver(message.clone()));
-                        Handled
-                    }
-                    Message::Close(frame) => {
-                        let failure = frame.as_ref().map_or(
-                            Failure::Close {
-                                code: 1005,
-                                reason: String::new(),
-                            },
-                            |f| Failure::Close {
-                                code: f.code.into(),
-                                reason: f.reason.to_string(),
-                            },
-                        );
-                        Transition(self.after_disconnect(context, failure, *closing, *guards))
-                    }
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Handled,
+            Event::Received(payload) => {
+                // Anything at all proves the peer is alive.
+                self.rearm_liveness(context);
+                if *closing && !*close_sent {
+                    // The server is still answering: keep lingering.
+                    context.push(Effect::StartTimer(TimerKind::Linger, self.config.linger));
                 }
+                context.push(Effect::Deliver(payload.clone()));
+                Handled
+            }
+            Event::PingReceived | Event::PongReceived => {
+                self.rearm_liveness(context);
+                Handled
             }
             Event::Closed(failure) => {
                 Transition(self.after_disconnect(context, failure.clone(), *closing, *guards))
             }
             Event::Timer(TimerKind::Ping) => {
-                context.push(Effect::Send(Message::Ping(Default::default())));
+                context.push(Effect::SendPing);
                 context.push(Effect::StartTimer(
                     TimerKind::Ping,
                     self.config.ping_interval,
                 ));
                 Handled
             }
+            Event::ReadsPaused => {
+                self.reads_paused = true;
+                context.push(Effect::CancelTimer(TimerKind::Liveness));
+                Handled
+            }
+            Event::ReadsResumed => {
+                self.reads_paused = false;
+                self.rearm_liveness(context);
+                Handled
+            }
+            // Held while reads are paused; a timer that raced its cancellation is stray.
+            Event::Timer(TimerKind::Liveness) if self.reads_paused => Handled,
             Event::Timer(TimerKind::Liveness) => {
                 // Once our close frame is on its way, do not queue a second one.
                 if !*close_sent {
@@ -520,7 +624,7 @@ impl Core {
             Event::UserInterrupt => {
                 // After our close frame nothing more may be sent.
                 if !*closing {
-                    context.push(Effect::Send(Message::Binary(vec![CTRL_C].into())));
+                    context.push(Effect::Send(Payload::Binary(Bytes::from_static(&[CTRL_C]))));
                 }
                 Handled
             }
@@ -552,12 +656,12 @@ impl Core {
     }
 
     #[action]
-    fn enter_connected(&mut self, context: &mut Step, since_stable: &mut bool) {
+    fn enter_connected(&mut self, context: &mut DispatchContext, since_stable: &mut bool) {
         context.push(Effect::StartTimer(
             TimerKind::Ping,
             self.config.ping_interval,
         ));
-        context.push(Effect::StartTimer(TimerKind::Liveness, self.liveness()));
+        self.rearm_liveness(context);
         if !*since_stable {
             context.push(Effect::StartTimer(
                 TimerKind::Stable,
@@ -567,38 +671,42 @@ impl Core {
     }
 
     #[action]
-    fn exit_connected(context: &mut Step) {
-        for kind in [
-            TimerKind::Ping,
-            TimerKind::Liveness,
-            TimerKind::Stable,
-            TimerKind::CloseGrace,
-            TimerKind::Linger,
-        ] {
-            context.push(Effect::CancelTimer(kind));
+    fn exit_connected(context: &mut DispatchContext) {
+        // Every timer but the backoff's belongs to the connection.
+        for kind in TimerKind::ALL {
+            if kind != TimerKind::Backoff {
+                context.push(Effect::CancelTimer(kind));
+            }
         }
     }
 
     /// Absorbing: every event is ignored.
     #[state(entry_action = "enter_terminated")]
-    fn terminated(outcome: &mut Outcome) -> Response<State> {
+    fn terminated(outcome: &mut Outcome) -> Handling<State> {
         let _ = outcome;
         Handled
     }
 
     #[action]
-    fn enter_terminated(context: &mut Step, outcome: &mut Outcome) {
+    fn enter_terminated(context: &mut DispatchContext, outcome: &mut Outcome) {
         context.push(Effect::Exit(outcome.clone()));
     }
 }
 
-impl Core {
-    fn liveness(&self) -> Duration {
-        self.config.liveness_window()
+impl Supervision {
+    /// A whole liveness window from now, unless reads are paused (then the deadline is
+    /// held until they resume).
+    fn rearm_liveness(&self, context: &mut DispatchContext) {
+        if !self.reads_paused {
+            context.push(Effect::StartTimer(
+                TimerKind::Liveness,
+                self.config.liveness_window(),
+            ));
+        }
     }
 
     /// Dial next, unless the token is about to expire and can be refreshed first.
-    fn dial_or_refresh(&self, context: &Step, attempt: u32, guards: Guards) -> State {
+    fn dial_or_refresh(&self, context: &DispatchContext, attempt: u32, guards: Guards) -> State {
         if context.creds.refreshable && context.creds.expiring_soon {
             State::refreshing_token(RefreshReason::Proactive, attempt, guards)
         } else {
@@ -607,7 +715,7 @@ impl Core {
     }
 
     /// Our close frame (normal closure), then wait `close_grace` for the server's.
-    fn send_close(&self, context: &mut Step) {
+    fn send_close(&self, context: &mut DispatchContext) {
         context.push(Effect::Close(1000, String::new()));
         context.push(Effect::StartTimer(
             TimerKind::CloseGrace,
@@ -618,7 +726,7 @@ impl Core {
     /// The connection went away after it was established.
     fn after_disconnect(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         failure: Failure,
         closing: bool,
         guards: Guards,
@@ -644,7 +752,7 @@ impl Core {
     /// permission, rejected data, permanent, or a transient end that lost data) is
     /// classified as if we were not closing, so the exit code does not depend on whether
     /// the server's close raced our stdin EOF.
-    fn ends_a_finished_session(&self, context: &Step, failure: &Failure) -> bool {
+    fn ends_a_finished_session(&self, context: &DispatchContext, failure: &Failure) -> bool {
         if let Failure::Close {
             code: 1000 | 1001 | 1005,
             ..
@@ -660,7 +768,12 @@ impl Core {
     }
 
     /// The heart of the policy: what a failure leads to.
-    fn after_failure(&mut self, context: &mut Step, failure: Failure, mut guards: Guards) -> State {
+    fn after_failure(
+        &mut self,
+        context: &mut DispatchContext,
+        failure: Failure,
+        mut guards: Guards,
+    ) -> State {
         context.reason = Some(failure.label());
         let class = self
             .config
@@ -690,7 +803,7 @@ impl Core {
     /// Count a transient failure against the budget and back off, or give up.
     fn retry_later(
         &mut self,
-        context: &mut Step,
+        context: &mut DispatchContext,
         failure: Failure,
         mut guards: Guards,
         resume: Resume,
@@ -715,7 +828,7 @@ impl Core {
         State::backoff(attempt, delay, resume, guards)
     }
 
-    fn after_transition(&mut self, source: &State, target: &State, context: &mut Step) {
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut DispatchContext) {
         let (attempt, delay_ms) = match target {
             State::Dialing { attempt, .. } | State::RefreshingToken { attempt, .. } => {
                 (Some(*attempt), None)
@@ -770,7 +883,9 @@ fn event_name(event: &Event) -> &'static str {
         Event::Start => "start",
         Event::DialSucceeded => "dial_succeeded",
         Event::DialFailed(_) => "dial_failed",
-        Event::Frame(_) => "frame",
+        Event::Received(_) => "received",
+        Event::PingReceived => "ping_received",
+        Event::PongReceived => "pong_received",
         Event::Closed(_) => "closed",
         Event::Timer(TimerKind::Backoff) => "timer_backoff",
         Event::Timer(TimerKind::Ping) => "timer_ping",
@@ -787,6 +902,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::InputRejected(_) => "input_rejected",
         Event::LocalGone => "local_gone",
         Event::OutputFailed(_) => "output_failed",
+        Event::ReadsPaused => "reads_paused",
+        Event::ReadsResumed => "reads_resumed",
     }
 }
 
@@ -798,8 +915,8 @@ impl fmt::Display for State {
 
 /// The supervisor's state machine with its per-dispatch context.
 pub struct Machine {
-    inner: InitializedStateMachine<Core>,
-    step: Step,
+    inner: InitializedStateMachine<Supervision>,
+    context: DispatchContext,
 }
 
 impl fmt::Debug for Machine {
@@ -812,27 +929,28 @@ impl fmt::Debug for Machine {
 
 impl Machine {
     pub fn new(config: MachineConfig, backoff: Backoff) -> Self {
-        let mut step = Step::default();
-        let inner = Core {
+        let mut context = DispatchContext::default();
+        let inner = Supervision {
             config,
             backoff,
             has_connected: false,
+            reads_paused: false,
         }
         .uninitialized_state_machine()
-        .init_with_context(&mut step);
-        Machine { inner, step }
+        .init_with_context(&mut context);
+        Machine { inner, context }
     }
 
     /// Tell the machine what it may do with the credentials (refreshed by the driver).
     pub fn set_credentials(&mut self, creds: CredentialState) {
-        self.step.creds = creds;
+        self.context.creds = creds;
     }
 
     /// Tell the machine whether messages (or our close frame) still wait to be written
     /// (refreshed by the driver before each event): a transient end while closing is the
     /// session's normal end only when nothing was left unsent.
     pub fn set_outbound_pending(&mut self, pending: bool) {
-        self.step.outbound_pending = pending;
+        self.context.outbound_pending = pending;
     }
 
     /// Feed one event; returns the effects the driver must carry out, in order.
@@ -845,9 +963,14 @@ impl Machine {
     /// Like [`Machine::handle`], appending to a buffer the caller reuses: no allocation
     /// per event on the data path.
     pub fn handle_into(&mut self, event: &Event, out: &mut Vec<Effect>) {
-        self.step.event = event_name(event);
-        self.inner.handle_with_context(event, &mut self.step);
-        out.append(&mut self.step.effects);
+        self.context.event = event_name(event);
+        self.inner.handle_with_context(event, &mut self.context);
+        out.append(&mut self.context.effects);
+    }
+
+    /// The current state's name, for logs ("Dialing", "Connected", …).
+    pub fn state_name(&self) -> &'static str {
+        state_name(self.state())
     }
 
     pub fn state(&self) -> &State {
@@ -856,6 +979,11 @@ impl Machine {
 
     pub fn is_connected(&self) -> bool {
         matches!(self.state(), State::Connected { .. })
+    }
+
+    /// Whether the session's messages are wanted now: connected and not closing.
+    pub fn accepts_outbound(&self) -> bool {
+        matches!(self.state(), State::Connected { closing: false, .. })
     }
 
     pub fn is_terminated(&self) -> bool {
@@ -874,706 +1002,4 @@ const _: fn() = || {
 };
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::backoff::{BackoffPolicy, Jitter};
-    use crate::classify::NetworkKind;
-
-    fn machine(config: MachineConfig) -> Machine {
-        Machine::new(
-            config,
-            Backoff::new(BackoffPolicy::default(), Jitter::seeded(9)),
-        )
-    }
-
-    fn refused() -> Failure {
-        Failure::Network {
-            kind: NetworkKind::Refused,
-            detail: String::new(),
-        }
-    }
-
-    fn close(code: u16, reason: &str) -> Failure {
-        Failure::Close {
-            code,
-            reason: reason.into(),
-        }
-    }
-
-    fn exit_of(effects: &[Effect]) -> Option<&Outcome> {
-        effects.iter().find_map(|e| match e {
-            Effect::Exit(o) => Some(o),
-            _ => None,
-        })
-    }
-
-    fn refreshable() -> CredentialState {
-        CredentialState {
-            refreshable: true,
-            expiring_soon: false,
-        }
-    }
-
-    #[test]
-    fn start_dials() {
-        let mut m = machine(MachineConfig::default());
-        assert_eq!(m.handle(Event::Start), vec![Effect::Dial]);
-        assert_eq!(state_name(m.state()), "Dialing");
-    }
-
-    #[test]
-    fn connected_arms_ping_liveness_and_stable_timers() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        let fx = m.handle(Event::DialSucceeded);
-        assert_eq!(
-            fx,
-            vec![
-                Effect::StartTimer(TimerKind::Ping, Duration::from_secs(20)),
-                Effect::StartTimer(TimerKind::Liveness, Duration::from_secs(40)),
-                Effect::StartTimer(TimerKind::Stable, Duration::from_secs(10)),
-            ]
-        );
-        assert!(m.is_connected());
-    }
-
-    #[test]
-    fn frames_are_delivered_and_feed_liveness() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Frame(Message::Text("hi".into())));
-        assert_eq!(
-            fx,
-            vec![
-                Effect::StartTimer(TimerKind::Liveness, Duration::from_secs(40)),
-                Effect::Deliver(Message::Text("hi".into())),
-            ]
-        );
-        let fx = m.handle(Event::Frame(Message::Pong(Default::default())));
-        assert_eq!(
-            fx,
-            vec![Effect::StartTimer(
-                TimerKind::Liveness,
-                Duration::from_secs(40)
-            )]
-        );
-    }
-
-    #[test]
-    fn ping_timer_sends_a_ping_and_rearms() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Timer(TimerKind::Ping));
-        assert_eq!(
-            fx,
-            vec![
-                Effect::Send(Message::Ping(Default::default())),
-                Effect::StartTimer(TimerKind::Ping, Duration::from_secs(20)),
-            ]
-        );
-    }
-
-    #[test]
-    fn transient_failure_backs_off_within_the_window_then_redials() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        let fx = m.handle(Event::DialFailed(refused()));
-        let delay = fx
-            .iter()
-            .find_map(|e| match e {
-                Effect::StartTimer(TimerKind::Backoff, d) => Some(*d),
-                _ => None,
-            })
-            .expect("a backoff timer");
-        assert!(delay <= Duration::from_millis(500));
-        assert!(matches!(
-            m.state(),
-            State::Backoff {
-                attempt: 1,
-                resume: Resume::Dial,
-                ..
-            }
-        ));
-        let fx = m.handle(Event::Timer(TimerKind::Backoff));
-        assert_eq!(
-            fx,
-            vec![Effect::CancelTimer(TimerKind::Backoff), Effect::Dial]
-        );
-    }
-
-    #[test]
-    fn close_1000_ends_with_exit_0() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Closed(close(1000, "bye")));
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-        assert_eq!(Outcome::Done.exit_code(), 0);
-    }
-
-    #[test]
-    fn close_frame_event_is_classified_like_closed() {
-        use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Frame(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(1002),
-            reason: "bad frame".into(),
-        }))));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(69));
-    }
-
-    #[test]
-    fn max_retries_allows_n_redials_then_exits_75() {
-        let config = MachineConfig {
-            max_retries: Some(2),
-            ..MachineConfig::default()
-        };
-        let mut m = machine(config);
-        let mut dials = m
-            .handle(Event::Start)
-            .iter()
-            .filter(|e| **e == Effect::Dial)
-            .count();
-        loop {
-            let fx = m.handle(Event::DialFailed(refused()));
-            if let Some(outcome) = exit_of(&fx) {
-                assert_eq!(outcome.exit_code(), 75);
-                assert!(matches!(
-                    outcome,
-                    Outcome::RetriesExhausted { retries: 2, .. }
-                ));
-                break;
-            }
-            let fx = m.handle(Event::Timer(TimerKind::Backoff));
-            dials += fx.iter().filter(|e| **e == Effect::Dial).count();
-        }
-        assert_eq!(dials, 3, "N+1 attempts in all");
-    }
-
-    #[test]
-    fn max_retries_zero_never_redials() {
-        let mut m = machine(MachineConfig {
-            max_retries: Some(0),
-            ..MachineConfig::default()
-        });
-        m.handle(Event::Start);
-        let fx = m.handle(Event::DialFailed(refused()));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(75));
-        assert!(!fx.contains(&Effect::Dial));
-    }
-
-    #[test]
-    fn static_token_rejected_stops_with_77_without_refreshing() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        let fx = m.handle(Event::DialFailed(Failure::Http {
-            status: 401,
-            retry_after: None,
-        }));
-        assert!(!fx.contains(&Effect::Refresh));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
-    }
-
-    #[test]
-    fn rejected_token_is_refreshed_once_then_redialed_at_once_for_free() {
-        let mut m = machine(MachineConfig {
-            max_retries: Some(0),
-            ..MachineConfig::default()
-        });
-        m.set_credentials(refreshable());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Closed(close(1008, "token expired")));
-        assert!(fx.contains(&Effect::Refresh));
-        let fx = m.handle(Event::RefreshDone(Ok(())));
-        assert!(
-            fx.contains(&Effect::Dial),
-            "redial at once, even with max_retries 0"
-        );
-        m.handle(Event::DialSucceeded);
-        // The server upgrades and closes 1008 again before the connection is stable:
-        // no second refresh in the same streak.
-        let fx = m.handle(Event::Closed(close(1008, "token expired")));
-        assert!(!fx.contains(&Effect::Refresh));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
-    }
-
-    #[test]
-    fn guards_reset_only_after_the_connection_is_stable() {
-        let mut m = machine(MachineConfig::default());
-        m.set_credentials(refreshable());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::Closed(close(1008, "")));
-        m.handle(Event::RefreshDone(Ok(())));
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::Timer(TimerKind::Stable));
-        // A new streak: one more refresh is allowed.
-        let fx = m.handle(Event::Closed(close(1008, "")));
-        assert!(fx.contains(&Effect::Refresh));
-    }
-
-    #[test]
-    fn proactive_refresh_before_dialing_an_expiring_token() {
-        let mut m = machine(MachineConfig::default());
-        m.set_credentials(CredentialState {
-            refreshable: true,
-            expiring_soon: true,
-        });
-        assert_eq!(m.handle(Event::Start), vec![Effect::Refresh]);
-        assert!(matches!(
-            m.state(),
-            State::RefreshingToken {
-                reason: RefreshReason::Proactive,
-                ..
-            }
-        ));
-        assert_eq!(m.handle(Event::RefreshDone(Ok(()))), vec![Effect::Dial]);
-    }
-
-    #[test]
-    fn failed_refresh_backs_off_and_retries_the_refresh() {
-        let mut m = machine(MachineConfig::default());
-        m.set_credentials(refreshable());
-        m.handle(Event::Start);
-        m.handle(Event::DialFailed(Failure::Http {
-            status: 403,
-            retry_after: None,
-        }));
-        // The token endpoint's Retry-After raises the delay, as the handshake's does.
-        let fx = m.handle(Event::RefreshDone(Err(Failure::Refresh {
-            status: Some(503),
-            detail: String::new(),
-            retry_after: Some(Duration::from_secs(7)),
-        })));
-        assert!(
-            fx.iter().any(|e| matches!(
-                e,
-                Effect::StartTimer(TimerKind::Backoff, delay) if *delay >= Duration::from_secs(7)
-            )),
-            "{fx:?}"
-        );
-        let fx = m.handle(Event::Timer(TimerKind::Backoff));
-        assert!(fx.contains(&Effect::Refresh), "{fx:?}");
-    }
-
-    #[test]
-    fn invalid_grant_stops_with_77() {
-        let mut m = machine(MachineConfig::default());
-        m.set_credentials(refreshable());
-        m.handle(Event::Start);
-        m.handle(Event::DialFailed(Failure::Http {
-            status: 401,
-            retry_after: None,
-        }));
-        let fx = m.handle(Event::RefreshDone(Err(Failure::Refresh {
-            status: Some(400),
-            detail: "invalid_grant".into(),
-            retry_after: None,
-        })));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
-    }
-
-    #[test]
-    fn retry_after_sets_the_floor() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        let fx = m.handle(Event::DialFailed(Failure::Http {
-            status: 503,
-            retry_after: Some(Duration::from_secs(2)),
-        }));
-        assert!(fx.iter().any(|e| matches!(e, Effect::StartTimer(TimerKind::Backoff, d) if *d >= Duration::from_secs(2))));
-    }
-
-    #[test]
-    fn liveness_timeout_closes_and_backs_off() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Timer(TimerKind::Liveness));
-        assert!(matches!(
-            fx.first(),
-            Some(Effect::Close(CLOSE_GOING_AWAY, _))
-        ));
-        assert!(matches!(m.state(), State::Backoff { .. }));
-    }
-
-    #[test]
-    fn signals_terminate_from_every_state_with_their_exit_codes() {
-        let prefixes: Vec<Vec<Event>> = vec![
-            vec![],
-            vec![Event::Start],
-            vec![Event::Start, Event::DialSucceeded],
-            vec![Event::Start, Event::DialFailed(refused())],
-        ];
-        for prefix in prefixes {
-            for (sig, code) in [(Sig::Interrupt, 130), (Sig::Terminate, 143)] {
-                let mut m = machine(MachineConfig::default());
-                for e in &prefix {
-                    m.handle(e.clone());
-                }
-                let fx = m.handle(Event::Signal(sig));
-                assert_eq!(
-                    exit_of(&fx).map(Outcome::exit_code),
-                    Some(code),
-                    "{prefix:?}"
-                );
-                assert!(m.is_terminated());
-            }
-        }
-    }
-
-    #[test]
-    fn signal_while_connected_sends_a_close_frame_first() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Signal(Sig::Terminate));
-        assert_eq!(
-            fx.first(),
-            Some(&Effect::Close(CLOSE_GOING_AWAY, String::new()))
-        );
-        assert_eq!(
-            fx.last(),
-            Some(&Effect::Exit(Outcome::Signal(Sig::Terminate)))
-        );
-    }
-
-    #[test]
-    fn ctrl_c_is_forwarded_while_connected_and_quits_while_offline() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::UserInterrupt);
-        assert_eq!(fx, vec![Effect::Send(Message::Binary(vec![CTRL_C].into()))]);
-        m.handle(Event::Closed(close(1011, "agent gone")));
-        let fx = m.handle(Event::UserInterrupt);
-        assert_eq!(exit_of(&fx), Some(&Outcome::Interrupted));
-        assert_eq!(Outcome::Interrupted.exit_code(), 130);
-    }
-
-    fn no_linger() -> MachineConfig {
-        MachineConfig {
-            linger: Duration::ZERO,
-            ..MachineConfig::default()
-        }
-    }
-
-    #[test]
-    fn local_eof_lingers_while_the_server_answers_then_closes() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::LocalEof);
-        assert_eq!(
-            fx,
-            vec![Effect::StartTimer(
-                TimerKind::Linger,
-                Duration::from_secs(1)
-            )]
-        );
-        // A reply re-arms the linger timer and is delivered.
-        let fx = m.handle(Event::Frame(Message::Text("reply".into())));
-        assert!(fx.contains(&Effect::StartTimer(
-            TimerKind::Linger,
-            Duration::from_secs(1)
-        )));
-        assert!(fx.contains(&Effect::Deliver(Message::Text("reply".into()))));
-        // Quiet for the whole linger: our close, then wait for the server's.
-        let fx = m.handle(Event::Timer(TimerKind::Linger));
-        assert_eq!(
-            fx,
-            vec![
-                Effect::Close(1000, String::new()),
-                Effect::StartTimer(TimerKind::CloseGrace, Duration::from_secs(2)),
-            ]
-        );
-        // After our close, frames no longer re-arm the linger.
-        let fx = m.handle(Event::Frame(Message::Text("late".into())));
-        assert!(!fx
-            .iter()
-            .any(|e| matches!(e, Effect::StartTimer(TimerKind::Linger, _))));
-        let fx = m.handle(Event::Closed(close(1000, "")));
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-    }
-
-    #[test]
-    fn a_rejection_while_closing_keeps_its_class() {
-        for (failure, code) in [
-            (close(1008, "token expired"), 77),
-            (close(4001, ""), 69),
-            (close(1003, ""), 65),
-            (close(2000, ""), 69),
-            (close(1000, ""), 0),
-            (close(1001, ""), 0),
-            (close(1005, ""), 0),
-        ] {
-            let mut m = machine(MachineConfig::default());
-            m.handle(Event::Start);
-            m.handle(Event::DialSucceeded);
-            m.handle(Event::LocalEof);
-            let fx = m.handle(Event::Closed(failure.clone()));
-            assert_eq!(
-                exit_of(&fx).map(Outcome::exit_code),
-                Some(code),
-                "{failure:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_transient_end_while_closing_is_done_only_when_nothing_was_left_unsent() {
-        let mut m = machine(no_linger());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::LocalEof);
-        let fx = m.handle(Event::Closed(close(1012, "restart")));
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-
-        let mut m = machine(no_linger());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::LocalEof);
-        m.set_outbound_pending(true);
-        let fx = m.handle(Event::Closed(close(1012, "restart")));
-        assert_eq!(exit_of(&fx), None);
-        assert!(
-            matches!(m.state(), State::Backoff { .. }),
-            "redial to send the rest"
-        );
-    }
-
-    #[test]
-    fn local_eof_without_linger_closes_then_waits_for_the_server() {
-        let mut m = machine(no_linger());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::LocalEof);
-        assert_eq!(
-            fx,
-            vec![
-                Effect::Close(1000, String::new()),
-                Effect::StartTimer(TimerKind::CloseGrace, Duration::from_secs(2)),
-            ]
-        );
-        // Messages still arriving are delivered.
-        let fx = m.handle(Event::Frame(Message::Text("late".into())));
-        assert!(fx.contains(&Effect::Deliver(Message::Text("late".into()))));
-        let fx = m.handle(Event::Closed(close(1000, "")));
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-    }
-
-    #[test]
-    fn nothing_more_is_sent_after_our_close_frame() {
-        let mut m = machine(no_linger());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::LocalEof);
-        assert!(m.handle(Event::UserInterrupt).is_empty());
-        let fx = m.handle(Event::Timer(TimerKind::Liveness));
-        assert!(
-            !fx.iter()
-                .any(|e| matches!(e, Effect::Close(..) | Effect::Send(_))),
-            "{fx:?}"
-        );
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-    }
-
-    #[test]
-    fn local_eof_without_an_answer_ends_after_the_grace_period() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::LocalEof);
-        m.handle(Event::Timer(TimerKind::Linger));
-        let fx = m.handle(Event::Timer(TimerKind::CloseGrace));
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-    }
-
-    #[test]
-    fn output_failure_closes_1001_and_exits_74() {
-        let lost = Outcome::OutputLost(OutputLoss::WriteFailed("disk full".into()));
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::OutputFailed("disk full".into()));
-        assert_eq!(
-            fx.first(),
-            Some(&Effect::Close(CLOSE_GOING_AWAY, "output lost".into()))
-        );
-        assert_eq!(exit_of(&fx), Some(&lost));
-        assert_eq!(lost.exit_code(), 74);
-        // Offline, or while closing: no close frame to send, the same outcome.
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialFailed(refused()));
-        let fx = m.handle(Event::OutputFailed("disk full".into()));
-        assert_eq!(fx.last(), Some(&Effect::Exit(lost.clone())));
-        // (Our close already sent: `--linger 0` sends it at stdin EOF.)
-        let mut m = machine(MachineConfig {
-            linger: Duration::ZERO,
-            ..MachineConfig::default()
-        });
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::LocalEof);
-        let fx = m.handle(Event::OutputFailed("disk full".into()));
-        assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))), "{fx:?}");
-        assert_eq!(exit_of(&fx), Some(&lost));
-    }
-
-    #[test]
-    fn a_normal_close_by_the_server_is_said_but_not_the_answer_to_ours() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Closed(close(1000, "bye")));
-        assert!(fx.contains(&Effect::Notify(Notice::ServerClosed {
-            code: 1000,
-            reason: "bye".into()
-        })));
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::LocalEof);
-        let fx = m.handle(Event::Closed(close(1000, "")));
-        assert!(!fx.iter().any(|e| matches!(e, Effect::Notify(_))), "{fx:?}");
-    }
-
-    #[test]
-    fn tunnel_mode_does_not_redial_after_connected() {
-        let mut m = machine(MachineConfig {
-            redial_after_connected: false,
-            ..MachineConfig::default()
-        });
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::Closed(close(1011, "")));
-        assert!(!fx.contains(&Effect::Dial));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(75));
-    }
-
-    #[test]
-    fn terminated_ignores_everything() {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Signal(Sig::Interrupt));
-        for e in [
-            Event::Start,
-            Event::DialSucceeded,
-            Event::Signal(Sig::Terminate),
-            Event::Timer(TimerKind::Backoff),
-        ] {
-            assert!(m.handle(e).is_empty());
-            assert!(m.is_terminated());
-        }
-    }
-
-    #[test]
-    fn permanent_failures_stop_with_their_codes() {
-        for (failure, code) in [
-            (close(1002, ""), 69),
-            (
-                close(
-                    1007,
-                    "Invalid permission: Not authorized to websocket-gateway SHELL_EXEC",
-                ),
-                77,
-            ),
-            (close(1009, ""), 65),
-            (
-                Failure::Http {
-                    status: 404,
-                    retry_after: None,
-                },
-                69,
-            ),
-            (Failure::Tls("bad cert".into()), 69),
-        ] {
-            let mut m = machine(MachineConfig::default());
-            m.handle(Event::Start);
-            let fx = m.handle(Event::DialFailed(failure.clone()));
-            assert_eq!(
-                exit_of(&fx).map(Outcome::exit_code),
-                Some(code),
-                "{failure:?}"
-            );
-            assert!(!fx.contains(&Effect::Dial));
-        }
-    }
-
-    #[test]
-    fn input_rejected_closes_1001_and_stops_with_65_in_any_running_state() {
-        let rejected = Failure::InputRejected("a stdin line is longer than 1 KiB".into());
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        let fx = m.handle(Event::InputRejected(rejected.clone()));
-        assert!(
-            matches!(fx.first(), Some(Effect::Close(CLOSE_GOING_AWAY, _))),
-            "{fx:?}"
-        );
-        let outcome = exit_of(&fx).expect("stops");
-        assert_eq!(
-            outcome,
-            &Outcome::Stopped {
-                class: Class::RejectedData,
-                failure: rejected.clone()
-            }
-        );
-        assert_eq!(outcome.exit_code(), 65);
-        // Offline there is no connection to close: it stops all the same.
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        let fx = m.handle(Event::InputRejected(rejected));
-        assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(65));
-    }
-
-    #[test]
-    fn local_gone_ends_at_once_while_offline_and_is_ignored_once_connected() {
-        // Dialing and backing off: done, no further dial.
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        let fx = m.handle(Event::LocalGone);
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialFailed(close(1011, "")));
-        assert!(matches!(m.state(), State::Backoff { .. }));
-        let fx = m.handle(Event::LocalGone);
-        assert_eq!(exit_of(&fx), Some(&Outcome::Done));
-        assert!(!fx.contains(&Effect::Dial));
-        // Connected: the session's end of input closes normally instead.
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        assert!(m.handle(Event::LocalGone).is_empty());
-        assert!(m.is_connected());
-    }
-
-    #[test]
-    fn host_not_found_stops_before_a_connection_and_is_retried_after_one() {
-        let not_found = Failure::Network {
-            kind: NetworkKind::HostNotFound,
-            detail: "no-such-host.invalid".into(),
-        };
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        let fx = m.handle(Event::DialFailed(not_found.clone()));
-        assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(69), "{fx:?}");
-
-        // Once a connection has succeeded, the same failure of a redial backs off.
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
-        m.handle(Event::Closed(close(1012, "")));
-        m.handle(Event::Timer(TimerKind::Backoff));
-        let fx = m.handle(Event::DialFailed(not_found));
-        assert_eq!(exit_of(&fx), None, "{fx:?}");
-        assert_eq!(state_name(m.state()), "Backoff");
-    }
-}
+mod tests;

@@ -18,14 +18,12 @@
 use crate::backoff::{Backoff, BackoffPolicy, Jitter};
 use crate::classify::{Failure, NetworkKind};
 use crate::machine::{
-    state_name, Core, CredentialState, Event, Guards, Machine, MachineConfig, Outcome, Resume, Sig,
-    State, Superstate, TimerKind,
+    state_name, CredentialState, Event, Guards, Machine, MachineConfig, Outcome, Payload, Resume,
+    Sig, State, Superstate, Supervision, TimerKind,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-use tokio_tungstenite::tungstenite::Message;
 
 /// How `wsup states` prints the diagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -150,40 +148,32 @@ fn probes() -> Vec<Probe> {
     };
     plain("start", Event::Start);
     plain("dial_succeeded", Event::DialSucceeded);
-    for (name, kind) in [
-        ("timer(backoff)", TimerKind::Backoff),
-        ("timer(ping)", TimerKind::Ping),
-        ("timer(liveness)", TimerKind::Liveness),
-        ("timer(stable)", TimerKind::Stable),
-        ("timer(close_grace)", TimerKind::CloseGrace),
-        ("timer(linger)", TimerKind::Linger),
-    ] {
-        plain(name, Event::Timer(kind));
+    for kind in TimerKind::ALL {
+        plain(kind.name(), Event::Timer(kind));
     }
     plain("refresh_ok", Event::RefreshDone(Ok(())));
     plain("sigint", Event::Signal(Sig::Interrupt));
     plain("sigterm", Event::Signal(Sig::Terminate));
     plain("user_interrupt", Event::UserInterrupt);
     plain("local_eof", Event::LocalEof);
-    plain("frame(text)", Event::Frame(Message::Text("x".into())));
+    plain("frame(text)", Event::Received(Payload::Text("x".into())));
     plain(
         "frame(binary)",
-        Event::Frame(Message::Binary(vec![0].into())),
+        Event::Received(Payload::Binary(vec![0].into())),
     );
-    plain(
-        "frame(ping)",
-        Event::Frame(Message::Ping(Default::default())),
-    );
-    plain(
-        "frame(pong)",
-        Event::Frame(Message::Pong(Default::default())),
-    );
+    plain("frame(ping)", Event::PingReceived);
+    plain("frame(pong)", Event::PongReceived);
+    plain("local_gone", Event::LocalGone);
+    plain("output_failed", Event::OutputFailed("disk full".into()));
+    plain("reads_paused", Event::ReadsPaused);
+    plain("reads_resumed", Event::ReadsResumed);
 
     let mut failing = |kind: &'static str, representative: &'static str, failure: Failure| {
         let class = Some(class_of(&failure));
         let event = match kind {
             "dial_failed" => Event::DialFailed(failure),
             "refresh_failed" => Event::RefreshDone(Err(failure)),
+            "input_rejected" => Event::InputRejected(failure),
             _ => Event::Closed(failure),
         };
         probes.push(Probe {
@@ -202,6 +192,7 @@ fn probes() -> Vec<Probe> {
         ("refused", network(NetworkKind::Refused)),
         ("timeout", network(NetworkKind::ConnectTimeout)),
         ("tls", Failure::Tls("certificate not trusted".into())),
+        ("host not found", network(NetworkKind::HostNotFound)),
     ] {
         failing("dial_failed", representative, failure);
     }
@@ -233,29 +224,11 @@ fn probes() -> Vec<Probe> {
         failing("closed", representative, close(code, reason));
     }
     failing("closed", "reset", network(NetworkKind::Reset));
-    // A close frame read as a frame is the same end of the connection: the same label,
-    // so the two merge on the diagram where they behave alike.
-    for (representative, code, reason) in closes {
-        if code == 1005 {
-            continue;
-        }
-        let frame = Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        }));
-        let failure = crate::transport::failure_from_close_frame(match &frame {
-            Message::Close(frame) => frame.as_ref(),
-            _ => None,
-        });
-        probes.push(Probe {
-            label: EventLabel {
-                kind: "closed",
-                class: Some(class_of(&failure)),
-                representative,
-            },
-            event: Event::Frame(frame),
-        });
-    }
+    failing(
+        "input_rejected",
+        "line too long",
+        Failure::InputRejected("a stdin line is longer than --max-line".into()),
+    );
     probes
 }
 
@@ -342,7 +315,7 @@ fn superstates(state: &State) -> Vec<&'static str> {
     }
     let mut state = state.clone();
     let mut chain = Vec::new();
-    let mut current = statig::blocking::State::<Core>::superstate(&mut state);
+    let mut current = statig::blocking::State::<Supervision>::superstate(&mut state);
     while let Some(mut superstate) = current {
         chain.push(name(&superstate));
         current = superstate.superstate().map(|s| match s {

@@ -321,7 +321,6 @@ fn the_machine_does_no_io_and_reads_no_clock() {
 }
 
 #[test]
-#[ignore = "passes once the arch-machine branch lands"]
 fn the_machine_does_not_import_the_websocket_library() {
     assert_none(
         forbidden_names("machine", WEBSOCKET_LIBRARY),

@@ -28,8 +28,8 @@ use tokio::sync::mpsc::OwnedPermit;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The byte a terminal in raw mode sends for Ctrl+C.
-pub const CTRL_C: u8 = 0x03;
+/// The byte a terminal in raw mode sends for Ctrl+C (one definition, the machine's).
+pub use crate::machine::CTRL_C;
 
 /// Input read while offline waits in a queue of at most this many bytes; past it, stdin
 /// is not read (back-pressure), so nothing typed is dropped.

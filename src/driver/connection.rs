@@ -1,0 +1,354 @@
+//! One open websocket as the driver holds it: the outgoing queue, `poll_io` (take the
+//! session's messages, write, read one frame), the grace after a write error or a
+//! protocol violation, and retiring the connection in the background. The conversions
+//! between the machine's payloads and websocket messages live here too: this is the edge.
+
+use crate::classify::{Failure, NetworkKind};
+use crate::machine::{Event, Payload, Text};
+use crate::session;
+use crate::transport::{failure_from_received_close, failure_from_ws_error, WireClose};
+use futures_util::{Sink, Stream};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// After a write or ping fails, keep reading this long for the server's real close frame.
+pub const DRAIN_AFTER_WRITE_ERROR: Duration = Duration::from_millis(500);
+/// A retired connection gets this long to finish its closing handshake in the background.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
+/// Messages waiting for the socket before the driver stops taking more from the session.
+const SEND_QUEUE_MESSAGES: usize = 16;
+
+/// A message read from the connection, as the machine's event. The machine takes no
+/// websocket types: this and [`message_of`] are the edge.
+pub(super) fn inbound_event(message: Message) -> Event {
+    match message {
+        Message::Text(text) => {
+            // SAFETY: tungstenite validated the frame as UTF-8 to make a `Utf8Bytes`.
+            let text = unsafe { Text::from_utf8_unchecked(text.into()) };
+            Event::Received(Payload::Text(text))
+        }
+        Message::Binary(bytes) => Event::Received(Payload::Binary(bytes)),
+        Message::Ping(_) => Event::PingReceived,
+        // A close frame is taken in `Conn::poll_io` (as `Closed`, with the wire's code),
+        // and a raw frame is never read; both still prove the peer alive, like a pong.
+        Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Event::PongReceived,
+    }
+}
+
+/// A payload from the machine as the message the connection or the session takes.
+pub(super) fn message_of(payload: Payload) -> Message {
+    match payload {
+        Payload::Text(text) => {
+            // SAFETY: a `Text` is valid UTF-8 by construction.
+            Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(text.into_bytes()) })
+        }
+        Payload::Binary(bytes) => Message::Binary(bytes),
+    }
+}
+
+/// An open websocket with its outgoing queue.
+pub(super) struct Conn<S> {
+    pub(super) ws: WebSocketStream<S>,
+    /// The server's close frame as it was on the wire ([`super::Dialer::wire_close`]).
+    wire_close: WireCloseOf<S>,
+    pub(super) queue: VecDeque<Message>,
+    needs_flush: bool,
+    /// Set when a write failed: the failure to report, unless the server's close frame
+    /// arrives before the deadline.
+    drain: Option<(Failure, Pin<Box<Sleep>>)>,
+    /// Set when the server broke the protocol: reading has stopped, the session's answers
+    /// to what it already got still go out, then our close frame.
+    violation: Option<Violation>,
+    /// Messages handed to the driver on this connection: with none, the session has
+    /// nothing to answer and a violation closes at once.
+    frames_read: u64,
+}
+
+/// A protocol violation the server committed, on its way to our close frame.
+struct Violation {
+    failure: Failure,
+    /// Our close frame (1002/1007/1009 and a short reason) until it is queued.
+    close: Option<CloseFrame>,
+    /// End of the grace for the session's answers, then of the close frame's flush.
+    deadline: Pin<Box<Sleep>>,
+}
+
+/// The close frame for a violation wsup detected in what the server sent (RFC 6455
+/// §7.4.1: 1002 protocol error, 1007 invalid data, 1009 too big), or `None` when the
+/// error is not the server breaking the protocol (I/O, a reset, our own state).
+fn violation_close(failure: &Failure) -> Option<CloseFrame> {
+    let Failure::Violation { code, detail } = failure else {
+        return None;
+    };
+    // A close reason is at most 123 bytes (a control frame's 125 minus the code).
+    let mut end = detail.len().min(123);
+    while !detail.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(CloseFrame {
+        code: CloseCode::from(*code),
+        reason: detail[..end].to_owned().into(),
+    })
+}
+
+pub(super) type WireCloseOf<S> = for<'a> fn(&'a S) -> Option<&'a WireClose>;
+
+pub(super) enum ConnEvent {
+    Frame(Message),
+    Closed(Failure),
+    /// The session dropped its sender: everything it sent is in the queue.
+    OutboundEnded,
+}
+
+/// Rounds of "take up to the queue bound, hand it to the websocket" in one `poll_io`, so
+/// that a session that keeps the channel full cannot keep the driver from reading or
+/// seeing a signal.
+const OUTBOUND_ROUNDS_PER_POLL: usize = 8;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
+    pub(super) fn new(ws: WebSocketStream<S>, wire_close: WireCloseOf<S>) -> Self {
+        Conn {
+            ws,
+            wire_close,
+            queue: VecDeque::new(),
+            needs_flush: false,
+            drain: None,
+            violation: None,
+            frames_read: 0,
+        }
+    }
+
+    /// Take the session's messages (when `outbound` is given) while the queue has room,
+    /// push queued writes forward, then read one frame. A burst of small messages goes
+    /// out in one flush.
+    pub(super) fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: bool,
+        mut outbound: Option<&mut mpsc::Receiver<session::Outbound>>,
+    ) -> Poll<ConnEvent> {
+        let mut rounds = 0;
+        let mut outbound_ended = false;
+        while self.drain.is_none() {
+            // Whether a wake-up is due when the session sends more: the channel said
+            // Pending (its waker is registered), or messages are not taken now.
+            let mut channel_waits = true;
+            if let Some(receiver) = outbound.as_deref_mut() {
+                channel_waits = false;
+                while self.queue.len() < SEND_QUEUE_MESSAGES {
+                    match receiver.poll_recv(cx) {
+                        Poll::Ready(Some(item)) => {
+                            self.queue.push_back(item.message);
+                            // The session's byte budget is released once the socket has it.
+                            drop(item.permit);
+                        }
+                        // After a violation, the session's end is the end of its answers.
+                        Poll::Ready(None) if self.violation.is_some() => {
+                            outbound_ended = true;
+                            break;
+                        }
+                        Poll::Ready(None) => return Poll::Ready(ConnEvent::OutboundEnded),
+                        Poll::Pending => {
+                            channel_waits = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            // Hand the queue to the websocket, which writes to the socket whenever its
+            // buffer passes `write_buffer_size`; flush only once the session has nothing
+            // more right now, so a burst of small messages costs a few syscalls, not one
+            // per message.
+            let sent = match self.poll_send_queue(cx) {
+                Poll::Ready(Ok(())) if !channel_waits => {
+                    // The queue was full: the session may have more, and nothing would
+                    // wake us for it.
+                    rounds += 1;
+                    if rounds < OUTBOUND_ROUNDS_PER_POLL {
+                        continue;
+                    }
+                    // Come back after the other arms had their turn.
+                    cx.waker().wake_by_ref();
+                    self.poll_flush(cx)
+                }
+                Poll::Ready(Ok(())) => self.poll_flush(cx),
+                // The socket is full; its waker is registered.
+                other => other,
+            };
+            if let Poll::Ready(Err(error)) = sent {
+                self.drain = Some((
+                    failure_from_ws_error(error),
+                    Box::pin(tokio::time::sleep(DRAIN_AFTER_WRITE_ERROR)),
+                ));
+            }
+            break;
+        }
+        if self.drain.is_none() && self.violation.is_some() {
+            return self.poll_violation(cx, outbound_ended);
+        }
+        if read || self.drain.is_some() {
+            match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(Message::Close(frame)))) => {
+                    let wire = (self.wire_close)(self.ws.get_ref());
+                    return Poll::Ready(ConnEvent::Closed(failure_from_received_close(
+                        frame.as_ref(),
+                        wire,
+                    )));
+                }
+                Poll::Ready(Some(Ok(message))) => {
+                    self.frames_read += 1;
+                    return Poll::Ready(ConnEvent::Frame(message));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    let failure = match self.drain.take() {
+                        Some((write_failure, _)) => write_failure,
+                        None => failure_from_ws_error(error),
+                    };
+                    if let Some(close) = violation_close(&failure) {
+                        // What arrived before the violation was delivered; give the
+                        // session a short grace to answer it (nothing to answer: none).
+                        let grace = if self.frames_read == 0 {
+                            Duration::ZERO
+                        } else {
+                            DRAIN_AFTER_WRITE_ERROR
+                        };
+                        self.violation = Some(Violation {
+                            failure,
+                            close: Some(close),
+                            deadline: Box::pin(tokio::time::sleep(grace)),
+                        });
+                        return self.poll_violation(cx, false);
+                    }
+                    return Poll::Ready(ConnEvent::Closed(failure));
+                }
+                Poll::Ready(None) => {
+                    let failure = match self.drain.take() {
+                        Some((write_failure, _)) => write_failure,
+                        None => Failure::Network {
+                            kind: NetworkKind::Eof,
+                            detail: String::new(),
+                        },
+                    };
+                    return Poll::Ready(ConnEvent::Closed(failure));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if let Some((failure, deadline)) = self.drain.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(ConnEvent::Closed(failure.clone()));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Whether anything queued (the session's messages, our close frame) has not reached
+    /// the socket yet.
+    pub(super) fn has_unsent(&self) -> bool {
+        !self.queue.is_empty() || self.needs_flush
+    }
+
+    /// The session's messages still in the queue (not pings, not close frames).
+    pub(super) fn take_unsent_messages(&mut self) -> VecDeque<Message> {
+        self.queue
+            .drain(..)
+            .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
+            .collect()
+    }
+
+    /// After a violation: the session's answers go out until the grace ends (or the
+    /// session ends), then our close frame; Closed once it is flushed, or could not be
+    /// within the same bound again.
+    fn poll_violation(&mut self, cx: &mut Context<'_>, outbound_ended: bool) -> Poll<ConnEvent> {
+        let Some(violation) = self.violation.as_mut() else {
+            return Poll::Pending;
+        };
+        if violation.close.is_some() {
+            if !outbound_ended && violation.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.queue.push_back(Message::Close(violation.close.take()));
+            violation
+                .deadline
+                .as_mut()
+                .reset(Instant::now() + DRAIN_AFTER_WRITE_ERROR);
+        }
+        let flushed = self.poll_flush_queue(cx).is_ready();
+        let Some(violation) = self.violation.as_mut() else {
+            return Poll::Pending;
+        };
+        if flushed || violation.deadline.as_mut().poll(cx).is_ready() {
+            let failure = violation.failure.clone();
+            self.violation = None;
+            return Poll::Ready(ConnEvent::Closed(failure));
+        }
+        Poll::Pending
+    }
+
+    /// Ready(Ok) once everything queued is written and flushed.
+    pub(super) fn poll_flush_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+        match self.poll_send_queue(cx) {
+            Poll::Ready(Ok(())) => self.poll_flush(cx),
+            other => other,
+        }
+    }
+
+    /// Ready(Ok) once everything queued is in the websocket's write buffer (parts of it
+    /// may already be on the socket).
+    fn poll_send_queue(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+        let mut ws = Pin::new(&mut self.ws);
+        while !self.queue.is_empty() {
+            match ws.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let message = self.queue.pop_front().expect("not empty");
+                    ws.as_mut().start_send(message)?;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ready(Ok) once what the websocket buffered is on the socket.
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+        if self.needs_flush {
+            ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
+            self.needs_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Finish the closing handshake in the background, bounded, then drop the socket.
+    pub(super) fn retire(mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(RETIRE_GRACE, async {
+                let _ = poll_fn(|cx| self.poll_flush_queue(cx)).await;
+                let _ = futures_util::SinkExt::close(&mut self.ws).await;
+            })
+            .await;
+        });
+    }
+}

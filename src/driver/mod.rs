@@ -1,0 +1,559 @@
+//! The driver: the only async code around the machine.
+//!
+//! One biased `tokio::select!` loop turns signals, the socket, the dial and refresh in
+//! progress, the session's messages and the timers into [`Event`]s, feeds them to the
+//! [`Machine`] and carries out the [`Effect`]s it returns. It decides nothing: every
+//! "retry or stop" lives in `machine.rs`.
+//!
+//! Every arm is cancel-safe: the socket is polled through a `poll_fn` that keeps its
+//! state in `Conn`, the dial and refresh futures live across iterations, channel
+//! receives and `reserve` lose nothing when another arm wins.
+
+use crate::backoff::{Backoff, BackoffPolicy, Jitter};
+use crate::classify::Failure;
+use crate::credentials::{Anonymous, Credentials, Secret, EXPIRY_WINDOW};
+use crate::machine::{
+    CredentialState, Effect, Event, Machine, MachineConfig, Notice, Outcome, RefreshReason,
+};
+use crate::session::{self, LinkEnds, Session};
+use crate::transport::{Transport, TransportConfig, WireClose, WsStream, WsTransportStream};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use url::Url;
+
+mod connection;
+mod finish;
+mod signals;
+mod timers;
+
+pub use connection::DRAIN_AFTER_WRITE_ERROR;
+use connection::{inbound_event, message_of, Conn, ConnEvent};
+use signals::no_signals;
+pub use signals::{process_signals, SignalWatch};
+use timers::Timers;
+
+/// Everything a supervisor needs to know, built by the CLI or by a library user.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: Url,
+    pub transport: TransportConfig,
+    pub machine: MachineConfig,
+    pub backoff: BackoffPolicy,
+}
+
+impl Config {
+    pub fn new(url: Url) -> Self {
+        Config {
+            url,
+            transport: TransportConfig::default(),
+            machine: MachineConfig::default(),
+            backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+/// Receives the notices the user should see (failures, retry plans, refreshes).
+pub type NoticeSink = Arc<dyn Fn(&Notice) + Send + Sync>;
+
+/// Opens websocket connections for the driver. [`Transport`] is the real one (TCP, TLS,
+/// HTTP upgrade); tests plug in an in-memory one so that the driver runs under paused
+/// tokio time, with no sockets.
+pub trait Dialer: Clone + Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    fn dial(
+        &self,
+        url: &Url,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = Result<WebSocketStream<Self::Stream>, Failure>> + Send;
+
+    /// The close frame the server sent, as it was on the wire, if the stream recorded one
+    /// (see [`crate::transport::CloseObserver`]): tungstenite rewrites codes it does not
+    /// allow into 1002. By default nothing is recorded and tungstenite's frame is used.
+    fn wire_close(_stream: &Self::Stream) -> Option<&WireClose> {
+        None
+    }
+}
+
+impl Dialer for Transport {
+    type Stream = WsTransportStream;
+
+    fn dial(
+        &self,
+        url: &Url,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = Result<WsStream, Failure>> + Send {
+        Transport::dial(self, url, authorization)
+    }
+
+    fn wire_close(stream: &WsTransportStream) -> Option<&WireClose> {
+        stream.received_close()
+    }
+}
+
+/// Keeps one websocket session alive.
+///
+/// ```no_run
+/// # async fn demo(config: wsup::Config, creds: std::sync::Arc<dyn wsup::credentials::Credentials>) {
+/// let session = wsup::session::connect::ConnectSession::stdio();
+/// match wsup::Supervisor::new(config).credentials(creds).run(session).await {
+///     Ok(outcome) => std::process::exit(outcome.exit_code().into()),
+///     Err(bad_settings) => {
+///         eprintln!("{bad_settings}");
+///         std::process::exit(wsup::exit::USAGE.into());
+///     }
+/// }
+/// # }
+/// ```
+///
+/// A clone is a template: [`crate::forward::Forwarder`] runs a clone per tunnel.
+#[derive(Clone)]
+pub struct Supervisor {
+    config: Config,
+    credentials: Arc<dyn Credentials>,
+    transport: Option<Transport>,
+    jitter: Option<Jitter>,
+    notices: Option<NoticeSink>,
+    signals: Option<SignalWatch>,
+    drain_timeout: Option<Duration>,
+}
+
+impl Supervisor {
+    pub fn new(config: Config) -> Self {
+        Supervisor {
+            config,
+            credentials: Arc::new(Anonymous),
+            transport: None,
+            jitter: None,
+            notices: None,
+            signals: None,
+            drain_timeout: None,
+        }
+    }
+
+    /// After a normal end, how long the session may take to write what it received
+    /// (`None`, the default: as long as its reader needs). Past it, the outcome is
+    /// [`Outcome::OutputLost`] with the bytes not written. A signal ends the wait at once.
+    pub fn drain_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    pub fn credentials(mut self, credentials: Arc<dyn Credentials>) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// Share one transport (TLS configuration) between many supervisors.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// A seeded jitter source makes the delays reproducible.
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.jitter = Some(jitter);
+        self
+    }
+
+    pub fn on_notice(mut self, sink: NoticeSink) -> Self {
+        self.notices = Some(sink);
+        self
+    }
+
+    /// Where SIGINT/SIGTERM come from. Without one the supervisor reacts to no signal and
+    /// installs no handler: an embedding program keeps its own Ctrl+C behaviour. The CLI
+    /// passes [`process_signals`].
+    pub fn signals(mut self, signals: SignalWatch) -> Self {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// The transport every run dials through: the one given, or built now from the config
+    /// and kept, so that clones share it. `Err`: what [`Supervisor::run`] would return.
+    pub(crate) fn shared_transport(&mut self) -> Result<Transport, crate::transport::UsageError> {
+        let transport = match self.transport.take() {
+            Some(t) => t,
+            None => Transport::new(self.config.transport.clone())?,
+        };
+        self.transport = Some(transport.clone());
+        Ok(transport)
+    }
+
+    /// The signal source given with [`Supervisor::signals`], if any.
+    pub(crate) fn signal_source(&self) -> Option<&SignalWatch> {
+        self.signals.as_ref()
+    }
+
+    /// Whether [`Supervisor::on_notice`] was given a sink.
+    pub(crate) fn has_notice_sink(&self) -> bool {
+        self.notices.is_some()
+    }
+
+    /// Supervise until the session ends; returns how it ended.
+    ///
+    /// Invalid transport settings (see [`Transport::new`]) come back as `Err` before
+    /// anything runs: the session is not started and nothing is dialed.
+    pub async fn run<S: Session>(
+        mut self,
+        session: S,
+    ) -> Result<Outcome, crate::transport::UsageError> {
+        let transport = match self.transport.take() {
+            Some(t) => t,
+            None => Transport::new(self.config.transport.clone())?,
+        };
+        Ok(self.run_with_dialer(transport, session).await)
+    }
+
+    /// Like [`Supervisor::run`], dialing through `dialer` instead of the network.
+    pub async fn run_with_dialer<D: Dialer, S: Session>(self, dialer: D, session: S) -> Outcome {
+        let backoff = Backoff::new(
+            self.config.backoff,
+            self.jitter.unwrap_or_else(Jitter::from_entropy),
+        );
+        let (link, ends) = session::link(session.outbound_capacity());
+        let session_task = tokio::spawn(session.run(link));
+        let mut driver = Driver {
+            machine: Machine::new(self.config.machine.clone(), backoff),
+            credentials: self.credentials,
+            dialer,
+            url: self.config.url,
+            notices: self.notices.unwrap_or_else(|| Arc::new(log_notice)),
+            signals: self.signals.unwrap_or_else(no_signals),
+            ends,
+            conn: None,
+            dialing: None,
+            refreshing: None,
+            sent_authorization: None,
+            timers: Timers::new(),
+            pending_delivery: None,
+            outbound_done: false,
+            session_gone: false,
+            reads_paused: false,
+            effects: Vec::with_capacity(8),
+            outcome: None,
+            unsent_at_close: false,
+            carried_over: VecDeque::new(),
+        };
+        let outcome = driver.run().await;
+        driver
+            .finish(session_task, outcome, self.drain_timeout)
+            .await
+    }
+}
+
+fn log_notice(notice: &Notice) {
+    tracing::info!(target: "wsup::notice", "{notice:?}");
+}
+
+type DialFuture<S> = Pin<Box<dyn Future<Output = Result<WebSocketStream<S>, Failure>> + Send>>;
+type RefreshFuture = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
+
+struct Driver<D: Dialer> {
+    machine: Machine,
+    credentials: Arc<dyn Credentials>,
+    dialer: D,
+    url: Url,
+    notices: NoticeSink,
+    signals: SignalWatch,
+    ends: LinkEnds,
+    conn: Option<Conn<D::Stream>>,
+    dialing: Option<DialFuture<D::Stream>>,
+    refreshing: Option<RefreshFuture>,
+    /// What the last dial sent, so a refresh can tell whether someone else already
+    /// replaced the rejected token.
+    sent_authorization: Option<Secret>,
+    timers: Timers,
+    /// A message the session could not take yet: the socket is not read until it does.
+    pending_delivery: Option<Message>,
+    outbound_done: bool,
+    session_gone: bool,
+    /// Whether the machine was last told that reads are paused (see
+    /// [`Event::ReadsPaused`]).
+    reads_paused: bool,
+    effects: Vec<Effect>,
+    outcome: Option<Outcome>,
+    /// Whether the last connection ended with messages or our close frame unwritten.
+    unsent_at_close: bool,
+    /// The session's messages the last connection never wrote: queued first on the next.
+    carried_over: VecDeque<Message>,
+}
+
+impl<D: Dialer> Driver<D> {
+    async fn run(&mut self) -> Outcome {
+        self.feed(Event::Start);
+        // A signal that arrived before we started still counts.
+        let early_signal = *self.signals.borrow_and_update();
+        if let Some(sig) = early_signal {
+            self.feed(Event::Signal(sig));
+        }
+        let mut signals_open = true;
+        let mut control_open = true;
+        while self.outcome.is_none() {
+            // The session's messages are taken inside `poll_io`, as many as the send queue
+            // has room for, so that the bound is re-checked each time the socket drains
+            // the queue (a guard on a select arm is evaluated only once per iteration:
+            // a queue that drains while the arm is off would stall until some other event).
+            let take_outbound = !self.outbound_done && self.machine_accepts_outbound();
+            // Not while a message waits for room in the channel, nor while the session
+            // has 64 KiB or more to take (unless it is gone: then read on, for the close
+            // frame). Waiting for the session also returns the frame's memory before the
+            // next read: its payload shares tungstenite's read buffer, which is then
+            // reused instead of reallocated (and page-faulted in) for every frame.
+            let inbound_full =
+                !self.ends.inbound_budget.has_room() && !self.ends.inbound.is_closed();
+            let read_enabled = self.pending_delivery.is_none() && !inbound_full;
+            if read_enabled == self.reads_paused {
+                // The machine decides what a pause means for the liveness deadline.
+                self.reads_paused = !read_enabled;
+                self.feed(if read_enabled {
+                    Event::ReadsResumed
+                } else {
+                    Event::ReadsPaused
+                });
+            }
+            let event = tokio::select! {
+                biased;
+                changed = self.signals.changed(), if signals_open => {
+                    match changed {
+                        Ok(()) => match *self.signals.borrow_and_update() {
+                            Some(sig) => Event::Signal(sig),
+                            None => continue,
+                        },
+                        Err(_) => {
+                            signals_open = false;
+                            continue;
+                        }
+                    }
+                }
+                control = self.ends.control.recv(), if control_open => match control {
+                    Some(session::Control::Interrupt) => Event::UserInterrupt,
+                    Some(session::Control::LocalGone) => Event::LocalGone,
+                    Some(session::Control::OutputFailed(error)) => Event::OutputFailed(error),
+                    None => {
+                        control_open = false;
+                        continue;
+                    }
+                },
+                io = poll_fn(|cx| {
+                    let outbound = take_outbound.then_some(&mut self.ends.outbound);
+                    self.conn.as_mut().map_or(Poll::Pending, |c| c.poll_io(cx, read_enabled, outbound))
+                }), if self.conn.is_some() => match io {
+                    ConnEvent::Frame(message) => inbound_event(message),
+                    ConnEvent::OutboundEnded => {
+                        self.outbound_done = true;
+                        // Everything the session sent before is in the queue by now.
+                        match self.ends.input_failure.take() {
+                            Some(failure) => Event::InputRejected(failure),
+                            None => Event::LocalEof,
+                        }
+                    }
+                    ConnEvent::Closed(failure) => {
+                        if let Some(mut conn) = self.conn.take() {
+                            self.unsent_at_close = conn.has_unsent();
+                            // Messages the socket never took go out on the next
+                            // connection, if the machine redials.
+                            self.carried_over = conn.take_unsent_messages();
+                            conn.retire();
+                        }
+                        Event::Closed(failure)
+                    }
+                },
+                dialed = async { self.dialing.as_mut().expect("guarded").await }, if self.dialing.is_some() => {
+                    self.dialing = None;
+                    match dialed {
+                        Ok(ws) => {
+                            let mut conn = Conn::new(ws, D::wire_close);
+                            conn.queue = std::mem::take(&mut self.carried_over);
+                            self.conn = Some(conn);
+                            self.unsent_at_close = false;
+                            Event::DialSucceeded
+                        }
+                        Err(failure) => Event::DialFailed(failure),
+                    }
+                }
+                refreshed = async { self.refreshing.as_mut().expect("guarded").await }, if self.refreshing.is_some() => {
+                    self.refreshing = None;
+                    Event::RefreshDone(refreshed)
+                }
+                permit = self.ends.inbound.reserve(), if self.pending_delivery.is_some() => {
+                    match permit {
+                        Ok(permit) => {
+                            let message = self.pending_delivery.take().expect("guarded");
+                            self.ends.inbound_budget.deliver(permit, message);
+                            continue;
+                        }
+                        Err(_) => {
+                            self.pending_delivery = None;
+                            self.session_gone = true;
+                            Event::LocalEof
+                        }
+                    }
+                }
+                () = self.ends.inbound_budget.room(), if inbound_full => continue,
+                // The session dropped its inbound receiver (stdout closed, its task
+                // ended): wind down once connected, like a local EOF. Checked only while
+                // connected and not closing, so a session that vanished while offline is
+                // noticed as soon as there is a connection to close.
+                () = self.ends.inbound.closed(), if !self.session_gone && self.machine_accepts_outbound() => {
+                    self.session_gone = true;
+                    Event::LocalEof
+                }
+                kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
+            };
+            self.feed(event);
+            // The session's input ended on an earlier connection (or the session went
+            // away while offline): this connection winds down too.
+            if self.outcome.is_none()
+                && (self.outbound_done || self.session_gone)
+                && self.machine_accepts_outbound()
+            {
+                self.feed(Event::LocalEof);
+            }
+        }
+        self.outcome.clone().expect("loop ends with an outcome")
+    }
+
+    fn machine_accepts_outbound(&self) -> bool {
+        self.machine.accepts_outbound()
+    }
+
+    /// One event in, its effects carried out. Effects that fail at once (the session is
+    /// gone) produce follow-up events, handled in order.
+    fn feed(&mut self, event: Event) {
+        let mut next = Some(event);
+        while let Some(event) = next.take() {
+            // Not on the data path: frames and read pauses come by the thousand.
+            if !matches!(
+                event,
+                Event::Received(_)
+                    | Event::PingReceived
+                    | Event::PongReceived
+                    | Event::ReadsPaused
+                    | Event::ReadsResumed
+            ) {
+                self.machine.set_credentials(self.credential_state());
+            }
+            let unsent = self
+                .conn
+                .as_ref()
+                .map_or(self.unsent_at_close, Conn::has_unsent);
+            self.machine.set_outbound_pending(unsent);
+            // The buffer is taken out and put back so that it is reused: no allocation
+            // per event on the data path.
+            let mut effects = std::mem::take(&mut self.effects);
+            self.machine.handle_into(&event, &mut effects);
+            for effect in effects.drain(..) {
+                if let Some(follow_up) = self.execute(effect) {
+                    next = Some(follow_up);
+                }
+            }
+            self.effects = effects;
+            if !self.machine.is_connected() && self.outcome.is_none() {
+                if let Some(conn) = self.conn.take() {
+                    conn.retire();
+                }
+            }
+        }
+    }
+
+    fn credential_state(&self) -> CredentialState {
+        CredentialState {
+            refreshable: self.credentials.can_refresh(),
+            expiring_soon: self
+                .credentials
+                .expires_within(SystemTime::now(), EXPIRY_WINDOW),
+        }
+    }
+
+    fn execute(&mut self, effect: Effect) -> Option<Event> {
+        match effect {
+            Effect::Dial => {
+                if let Some(conn) = self.conn.take() {
+                    conn.retire();
+                }
+                let url = self.dial_url();
+                let authorization = self.credentials.authorization();
+                self.sent_authorization = authorization.clone();
+                let dialer = self.dialer.clone();
+                tracing::debug!(target: "wsup::driver", host = url.host_str(), path = url.path(), "dialing");
+                self.dialing = Some(Box::pin(async move {
+                    dialer
+                        .dial(&url, authorization.as_ref().map(Secret::expose))
+                        .await
+                }));
+            }
+            Effect::Send(payload) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.queue.push_back(message_of(payload));
+                }
+            }
+            Effect::SendPing => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.queue.push_back(Message::Ping(Default::default()));
+                }
+            }
+            Effect::Deliver(payload) => {
+                let message = message_of(payload);
+                if self.session_gone {
+                    return None;
+                }
+                match self.ends.inbound.try_reserve() {
+                    Ok(permit) => self.ends.inbound_budget.deliver(permit, message),
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        self.pending_delivery = Some(message);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        // The session stopped taking output (stdout closed): wind down.
+                        self.session_gone = true;
+                        return Some(Event::LocalEof);
+                    }
+                }
+            }
+            Effect::Close(code, reason) => {
+                if let Some(conn) = self.conn.as_mut() {
+                    conn.queue.push_back(Message::Close(Some(CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    })));
+                }
+            }
+            Effect::StartTimer(kind, after) => self.timers.start(kind, after),
+            Effect::CancelTimer(kind) => self.timers.cancel(kind),
+            Effect::Refresh(reason) => {
+                let rejected = match reason {
+                    RefreshReason::Rejected => self.sent_authorization.clone(),
+                    RefreshReason::Proactive => None,
+                };
+                let credentials = self.credentials.clone();
+                self.refreshing = Some(Box::pin(async move {
+                    credentials.refresh(rejected.as_ref()).await
+                }));
+            }
+            Effect::Notify(notice) => (self.notices)(&notice),
+            Effect::Exit(outcome) => self.outcome = Some(outcome),
+        }
+        None
+    }
+
+    fn dial_url(&self) -> Url {
+        let extra = self.ends.dial_query.get();
+        let mut url = self.url.clone();
+        if !extra.is_empty() {
+            let mut query = url.query_pairs_mut();
+            for (key, value) in &extra {
+                query.append_pair(key, value);
+            }
+        }
+        url
+    }
+}
