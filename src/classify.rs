@@ -1,4 +1,5 @@
-//! Failure → class: the policy half of "should we retry?".
+//! Failure → class: the policy half of "should we retry?". About 420 lines before its
+//! unit tests, one per table row.
 //!
 //! Pure functions over plain data. The table here is DESIGN.md's classification
 //! table; every row has a unit test below. The machine decides what to *do* with a

@@ -1,6 +1,8 @@
 //! Command-line flags (clap derive) and their translation into a [`Config`].
 //!
-//! Nothing here touches a socket or a timer: it parses, validates and builds.
+//! Nothing here touches a socket or a timer: it parses, validates and builds. About 640
+//! lines before its unit tests: one flag list (clap derive, each flag with its help and
+//! bound) and the checks that go with it.
 
 use crate::backoff::BackoffPolicy;
 use crate::classify::ClassifyRules;

@@ -1,4 +1,6 @@
-//! `wsup states`: the state diagram, derived from the machine itself.
+//! `wsup states`: the state diagram, derived from the machine itself. One job in about
+//! 850 lines: the explorer, the feature names that label conditions, and the two
+//! renderers (mermaid, dot) share the explored graph.
 //!
 //! Nothing here lists a transition. The machine is explored: starting at `Idle`, every
 //! event kind (failures with a representative of each class) is fed to every reachable

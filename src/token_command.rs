@@ -1,5 +1,7 @@
 //! `--token-command CMD`: a token from a command, the way kubectl's credential plugins
 //! and git's credential helpers work (`gcloud auth print-access-token`, a vault helper).
+//! About 470 lines before its unit tests: running the command (process group, limits,
+//! timeout), reading its three output shapes, and the refreshable credential around it.
 //!
 //! The command runs through `sh -c` in a session of its own (no controlling terminal,
 //! stdin from /dev/null), within a time limit; its stdout is the token, bare or as JSON

@@ -1,5 +1,8 @@
 //! `wsup shell`: an interactive terminal through the websocket.
 //!
+//! About 530 lines of session and 130 of unit tests: raw mode, the status line, resizes
+//! and restoring the terminal on every exit path belong together.
+//!
 //! - The terminal is put in raw mode (crossterm) when stdin is a terminal: every key
 //!   goes out as it is typed, as binary frames; escape sequences pass through untouched.
 //!   With stdin not a terminal (piped input) the session works the same, without raw mode.
