@@ -10,8 +10,9 @@ use std::io::Write;
 use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The state of the `wsup connect` process when the signal is sent.
 #[derive(Clone, Copy, Debug)]
-enum Phase {
+enum SupervisorState {
     Connected,
     Dialing,
     BackingOff,
@@ -21,21 +22,21 @@ enum Phase {
 /// reaped exit and the exit code. `None` when the phase could not be set up.
 fn signal_once(
     rt: &tokio::runtime::Runtime,
-    phase: Phase,
+    phase: SupervisorState,
     sig: libc::c_int,
 ) -> Result<(f64, i32), String> {
     let script = match phase {
-        Phase::Connected => "echo",
-        Phase::Dialing => "hang",
-        Phase::BackingOff => "close:1011:bench",
+        SupervisorState::Connected => "echo",
+        SupervisorState::Dialing => "hang",
+        SupervisorState::BackingOff => "close:1011:bench",
     };
     let server = rt.block_on(start_server("127.0.0.1:0".parse().expect("addr"), script));
     let url = server.ws_url();
     let mut args = vec!["connect".to_owned(), url];
     match phase {
-        Phase::Connected => {}
-        Phase::Dialing => args.extend(["--connect-timeout".into(), "60s".into()]),
-        Phase::BackingOff => args.extend([
+        SupervisorState::Connected => {}
+        SupervisorState::Dialing => args.extend(["--connect-timeout".into(), "60s".into()]),
+        SupervisorState::BackingOff => args.extend([
             "--backoff-initial".into(),
             "60s".into(),
             "--backoff-max".into(),
@@ -62,7 +63,7 @@ fn signal_once(
         true
     };
     let ready = match phase {
-        Phase::Connected => {
+        SupervisorState::Connected => {
             let (mut stdin, stdout) = (stdin.expect("piped"), stdout.expect("piped"));
             let ok = stdin.write_all(b"are you there\n").is_ok();
             let echoed = ok
@@ -72,13 +73,13 @@ fn signal_once(
             std::mem::forget(stdin);
             echoed
         }
-        Phase::Dialing => {
+        SupervisorState::Dialing => {
             let ok = wait_until(&|| server.stats().connections >= 1);
             // The upgrade request is out; the server never answers it.
             std::thread::sleep(Duration::from_millis(20));
             ok
         }
-        Phase::BackingOff => {
+        SupervisorState::BackingOff => {
             let ok = wait_until(&|| server.stats().upgrades >= 1);
             // The close frame arrives; the machine plans a delay of up to 60 s.
             std::thread::sleep(Duration::from_millis(50));
@@ -96,7 +97,7 @@ fn signal_once(
     let took = start.elapsed();
     let redialed = server.stats().connections > 1;
     rt.block_on(server.shutdown());
-    if matches!(phase, Phase::BackingOff) && redialed {
+    if matches!(phase, SupervisorState::BackingOff) && redialed {
         return Err("the client redialed before the signal (a short delay was drawn)".into());
     }
     Ok((ms(took), status.code().unwrap_or(-1)))
@@ -123,7 +124,7 @@ pub(crate) fn bench_signals(
         base.push(signal_baseline(libc::SIGTERM));
     }
     let base50 = median(&mut base.clone());
-    for phase in [Phase::Connected, Phase::Dialing, Phase::BackingOff] {
+    for phase in [SupervisorState::Connected, SupervisorState::Dialing, SupervisorState::BackingOff] {
         let mut lat = Vec::new();
         let mut codes = Vec::new();
         let mut errors = Vec::new();
@@ -154,9 +155,9 @@ pub(crate) fn bench_signals(
         }
         let (p50, max) = (median(&mut lat.clone()), percentile(&mut lat.clone(), 1.0));
         let state = match phase {
-            Phase::Connected => "connected",
-            Phase::Dialing => "dialing (server never answers)",
-            Phase::BackingOff => "backing off (60 s window)",
+            SupervisorState::Connected => "connected",
+            SupervisorState::Dialing => "dialing (server never answers)",
+            SupervisorState::BackingOff => "backing off (60 s window)",
         };
         report.row(
             "signal",

@@ -60,7 +60,7 @@ impl fmt::Debug for Transport {
 /// How far a dial got, for the timeout message.
 #[derive(Clone, Copy)]
 #[repr(u8)]
-enum Phase {
+enum DialStage {
     Resolving = 0,
     Connecting = 1,
     Upgrading = 2,
@@ -135,7 +135,7 @@ impl Transport {
     /// caller is responsible for [`check_secure_for_credentials`] before dialing.
     pub async fn dial(&self, url: &Url, authorization: Option<&str>) -> Result<WsStream, Failure> {
         let request = self.build_request(url, authorization)?;
-        let phase = AtomicU8::new(Phase::Resolving as u8);
+        let phase = AtomicU8::new(DialStage::Resolving as u8);
         let timeout = self.inner.connect_timeout;
         match tokio::time::timeout(timeout, self.dial_within(url, request, &phase)).await {
             Ok(result) => result,
@@ -202,9 +202,9 @@ impl Transport {
         phase: &AtomicU8,
     ) -> Result<WsStream, Failure> {
         let addrs = resolve(url).await?;
-        phase.store(Phase::Connecting as u8, Ordering::Relaxed);
+        phase.store(DialStage::Connecting as u8, Ordering::Relaxed);
         let stream = connect_any(&addrs).await?;
-        phase.store(Phase::Upgrading as u8, Ordering::Relaxed);
+        phase.store(DialStage::Upgrading as u8, Ordering::Relaxed);
         // TLS is done here rather than by tokio-tungstenite so that the observer sees the
         // decrypted frames.
         let stream = if url.scheme() == "wss" {
