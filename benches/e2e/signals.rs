@@ -124,7 +124,11 @@ pub(crate) fn bench_signals(
         base.push(signal_baseline(libc::SIGTERM));
     }
     let base50 = median(&mut base.clone());
-    for phase in [SupervisorState::Connected, SupervisorState::Dialing, SupervisorState::BackingOff] {
+    for phase in [
+        SupervisorState::Connected,
+        SupervisorState::Dialing,
+        SupervisorState::BackingOff,
+    ] {
         let mut lat = Vec::new();
         let mut codes = Vec::new();
         let mut errors = Vec::new();
