@@ -207,18 +207,18 @@ pub enum RefreshReason {
 
 /// After a backoff, what to try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resume {
+pub(crate) enum Resume {
     Dial,
     Refresh(RefreshReason),
 }
 
 /// The per-streak guards, carried as state data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Guards {
+pub(crate) struct Guards {
     /// A forced refresh already happened in this streak: a second auth failure stops.
-    pub refreshed_in_streak: bool,
+    pub(crate) refreshed_in_streak: bool,
     /// Failures since the last stable connection: drives backoff and `max_retries`.
-    pub failures_in_streak: u32,
+    pub(crate) failures_in_streak: u32,
 }
 
 /// How a supervised session ended.
@@ -388,6 +388,8 @@ impl DispatchContext {
 #[state_machine(
     initial = "State::idle()",
     after_transition = "Self::after_transition",
+    // `State` and `Superstate` are internals: the public view is `Machine::state_name`.
+    visibility = "pub(crate)",
     state(derive(Debug, Clone, PartialEq)),
     superstate(derive(Debug))
 )]
@@ -867,7 +869,7 @@ impl Supervision {
 }
 
 /// The names used in logs, notices and docs.
-pub fn state_name(state: &State) -> &'static str {
+pub(crate) fn state_name(state: &State) -> &'static str {
     match state {
         State::Idle {} => "Idle",
         State::Dialing { .. } => "Dialing",
@@ -973,7 +975,7 @@ impl Machine {
         state_name(self.state())
     }
 
-    pub fn state(&self) -> &State {
+    pub(crate) fn state(&self) -> &State {
         self.inner.state()
     }
 
@@ -1001,5 +1003,7 @@ const _: fn() = || {
     assert_send::<Machine>();
 };
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
 //! The machine's unit tests: one transition or policy rule each (the property tests in
-//! `tests/machine_props.rs` cover sequences).
+//! `props` cover sequences).
 
 use super::*;
 use crate::backoff::{BackoffPolicy, Jitter};

@@ -1,6 +1,6 @@
 //! Property and model tests for the supervisor's state machine (DESIGN.md, "Tests").
 //!
-//! Three kinds of input drive `wsup::machine::Machine` here:
+//! Three kinds of input drive [`Machine`] here:
 //!
 //! - a *plausible driver*: it remembers from the effects what is outstanding (a dial, a
 //!   refresh, armed timers, an open connection) and answers only with events the real
@@ -17,12 +17,18 @@
 //! Failures persist to `proptest-regressions/machine_props.txt`, named by an absolute
 //! path ([`REGRESSIONS`]), so that the file stays where it is whichever module of this
 //! directory test fails: proptest's default (`SourceParallel`) would derive a path from
-//! each source file instead (`tests/machine_props/<module>.proptest-regressions`).
+//! each source file instead (`src/machine/props/<module>.proptest-regressions`).
 //!
 //! The modules: `oracle` (DESIGN.md's table), `strategies` (random material and the
 //! setup of a run), `driver_model` (traces, random sequences, the plausible driver),
 //! `model_test` (the reference model); the properties are here.
 
+use crate::backoff::{Backoff, BackoffPolicy, Jitter, RETRY_AFTER_CAP};
+use crate::classify::{Class, ClassifyRules, Failure, NetworkKind};
+use crate::machine::{
+    state_name, CredentialState, Effect, Event, Guards, Machine, MachineConfig, Outcome, Payload,
+    RefreshReason, Resume, Sig, State, TimerKind, CLOSE_GOING_AWAY,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::strategy::ValueTree;
@@ -30,12 +36,6 @@ use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
 use std::collections::HashSet;
 use std::time::Duration;
-use wsup::backoff::{Backoff, BackoffPolicy, Jitter, RETRY_AFTER_CAP};
-use wsup::classify::{Class, ClassifyRules, Failure, NetworkKind};
-use wsup::machine::{
-    state_name, CredentialState, Effect, Event, Guards, Machine, MachineConfig, Outcome, Payload,
-    RefreshReason, Resume, Sig, State, TimerKind, CLOSE_GOING_AWAY,
-};
 
 // ---------------------------------------------------------------------------------------
 // Configuration
