@@ -188,13 +188,7 @@ impl TokenCommand {
     async fn refresh_now(&self, rejected: Option<&Secret>) -> Result<(), Failure> {
         let before = self.authorization();
         let _flight = self.in_flight.lock().await;
-        let now = self.authorization();
-        let already_replaced = match rejected {
-            Some(rejected) => now.as_ref() != Some(rejected),
-            // Proactive: someone else refreshed while we queued.
-            None => now != before,
-        };
-        if already_replaced {
+        if crate::credentials::replaced_while_queued(rejected, &before, &self.authorization()) {
             return Ok(());
         }
         match self.run().await {

@@ -91,13 +91,7 @@ impl Credentials for InMemoryRefreshable {
         Box::pin(async move {
             let before = self.authorization();
             let _flight = self.in_flight.lock().await;
-            let now = self.authorization();
-            let already_replaced = match rejected {
-                Some(rejected) => now.as_ref() != Some(rejected),
-                // Proactive: someone else refreshed while we queued.
-                None => now != before,
-            };
-            if already_replaced {
+            if super::replaced_while_queued(rejected, &before, &self.authorization()) {
                 return Ok(());
             }
             self.refreshes

@@ -33,6 +33,21 @@ use std::time::{Duration, SystemTime};
 /// A boxed future, so that `Credentials` can be a trait object shared by many tunnels.
 pub type RefreshFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'a>>;
 
+/// Whether another refresh replaced the credentials while this one queued for its turn
+/// (single-flight): the rejected authorization is no longer the current one, or, for a
+/// proactive refresh (`rejected` is `None`), the current one changed since `before`.
+/// Then this refresh has nothing left to do and must not spend another token.
+pub(crate) fn replaced_while_queued(
+    rejected: Option<&Secret>,
+    before: &Option<Secret>,
+    now: &Option<Secret>,
+) -> bool {
+    match rejected {
+        Some(rejected) => now.as_ref() != Some(rejected),
+        None => now != before,
+    }
+}
+
 /// A secret string (a token, or a whole `Authorization` value). Its `Debug` and
 /// `Display` never show the value, so it cannot leak through a log line or an error.
 #[derive(Clone, PartialEq, Eq)]
