@@ -279,12 +279,7 @@ impl CredentialsFile {
             ])
             .send()
             .await
-            .map_err(|e| Failure::Refresh {
-                status: None,
-                // reqwest's error names the URL, never the form body.
-                detail: e.without_url().to_string(),
-                retry_after: None,
-            })?;
+            .map_err(unanswered)?;
         let status = response.status().as_u16();
         // "Retry-After raises the delay": for the token endpoint as for the handshake.
         let retry_after = response
@@ -292,13 +287,7 @@ impl CredentialsFile {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
-        let body = read_capped_body(response)
-            .await
-            .map_err(|e| Failure::Refresh {
-                status: None,
-                detail: e.without_url().to_string(),
-                retry_after: None,
-            })?;
+        let body = read_capped_body(response).await.map_err(unanswered)?;
         token_answer(
             status,
             retry_after,
@@ -481,4 +470,15 @@ fn same_file(file: &std::fs::File, path: &std::path::Path) -> std::io::Result<bo
 #[cfg(not(unix))]
 fn same_file(_file: &std::fs::File, _path: &std::path::Path) -> std::io::Result<bool> {
     Ok(true)
+}
+
+/// The token endpoint did not (completely) answer: a network failure, no HTTP status.
+fn unanswered(error: reqwest::Error) -> Failure {
+    Failure::Refresh {
+        status: None,
+        // reqwest's error names the URL, never the form body: without it, nothing of the
+        // request is shown.
+        detail: error.without_url().to_string(),
+        retry_after: None,
+    }
 }
