@@ -1,11 +1,9 @@
 //! `wsup connect`: stdin lines out as text frames, messages in to stdout.
 
-use super::{report_output_error, Link, Outbound, OutputError, Session};
+use super::{report_output_error, write_received, Link, Outbound, RenderOutput, Session};
 use crate::classify::Failure;
 use std::sync::Arc;
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
-};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -91,19 +89,7 @@ where
             }
             drop(outbound);
         });
-        let mut output = BufWriter::new(inbound.counted(self.output));
-        let written: Result<(), OutputError> = async {
-            while let Some(message) = inbound.recv().await {
-                inbound.owe(output_len(&message));
-                write_message(&mut output, &message).await?;
-                // Flush when nothing else is waiting: one syscall per burst, not per message.
-                if inbound.is_empty() {
-                    output.flush().await?;
-                }
-            }
-            Ok(output.flush().await?)
-        }
-        .await;
+        let written = write_received(&mut inbound, self.output, &mut LinePerText).await;
         // Reported before the input stops: the supervisor must hear "output failed"
         // before it sees the end of input, or it would close 1000 as for a normal end.
         if let Err(error) = written {
@@ -113,26 +99,16 @@ where
     }
 }
 
-/// The bytes [`write_message`] writes for `message`.
-fn output_len(message: &Message) -> usize {
-    match message {
-        Message::Text(text) => text.len() + 1,
-        Message::Binary(bytes) => bytes.len(),
-        _ => 0,
-    }
-}
+/// `connect`'s output: each text message on a line of its own, binary messages raw.
+struct LinePerText;
 
-async fn write_message<W: AsyncWrite + Unpin>(
-    out: &mut W,
-    message: &Message,
-) -> std::io::Result<()> {
-    match message {
-        Message::Text(text) => {
-            out.write_all(text.as_bytes()).await?;
-            out.write_all(b"\n").await
+impl RenderOutput for LinePerText {
+    fn render<'a>(&'a mut self, message: &'a Message) -> [&'a [u8]; 2] {
+        match message {
+            Message::Text(text) => [text.as_bytes(), b"\n"],
+            Message::Binary(bytes) => [bytes, b""],
+            _ => [b"", b""],
         }
-        Message::Binary(bytes) => out.write_all(bytes).await,
-        _ => Ok(()),
     }
 }
 
@@ -333,18 +309,16 @@ mod tests {
         assert_eq!(format_size(1000), "1000 bytes");
     }
 
-    #[tokio::test]
-    async fn text_is_printed_one_message_per_line_binary_raw() {
+    #[test]
+    fn text_is_printed_one_message_per_line_binary_raw() {
         let mut out = Vec::new();
-        write_message(&mut out, &Message::text("hello"))
-            .await
-            .unwrap();
-        write_message(&mut out, &Message::binary(&b"\x00\x01"[..]))
-            .await
-            .unwrap();
-        write_message(&mut out, &Message::Ping(Default::default()))
-            .await
-            .unwrap();
+        for message in [
+            Message::text("hello"),
+            Message::binary(&b"\x00\x01"[..]),
+            Message::Ping(Default::default()),
+        ] {
+            out.extend(LinePerText.render(&message).concat());
+        }
         assert_eq!(out, b"hello\n\x00\x01");
     }
 

@@ -9,14 +9,14 @@
 //! as notices do with close reasons): a hostile server cannot forge lines or drive the
 //! terminal. `--raw` keeps the bytes as received.
 
-use super::{report_output_error, Link, OutputError, Session};
+use super::{report_output_error, write_received, Link, RenderOutput, Session};
 use crate::classify::escape_untrusted;
 use chrono::{DateTime, Local, SecondsFormat, TimeZone};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWrite;
 use tokio_tungstenite::tungstenite::Message;
 
 /// How many printed lines are remembered for de-duplication: enough for any replayed
@@ -71,29 +71,34 @@ where
             control,
             ..
         } = link;
-        let mut printer = Printer::new(self.raw, Local);
-        let mut output = BufWriter::new(inbound.counted(self.output));
-        let mut line = Vec::with_capacity(256);
-        let written: Result<(), OutputError> = async {
-            while let Some(message) = inbound.recv().await {
-                line.clear();
-                if printer.render(&message, &mut line) == Rendered::NotJson && !printer.warned {
-                    printer.warned = true;
-                    (self.warnings)(NOT_JSON_WARNING);
-                }
-                inbound.owe(line.len());
-                output.write_all(&line).await?;
-                // Flush when nothing else is waiting: one syscall per burst, not per line.
-                if inbound.is_empty() {
-                    output.flush().await?;
-                }
-            }
-            Ok(output.flush().await?)
-        }
-        .await;
+        let mut renderer = LogLines {
+            printer: Printer::new(self.raw, Local),
+            line: Vec::with_capacity(256),
+            warnings: self.warnings,
+        };
+        let written = write_received(&mut inbound, self.output, &mut renderer).await;
         if let Err(error) = written {
             report_output_error(&control, error).await;
         }
+    }
+}
+
+/// `logs`' output: one rendered line per frame, and the not-JSON warning said once.
+struct LogLines {
+    printer: Printer<Local>,
+    line: Vec<u8>,
+    warnings: WarningSink,
+}
+
+impl RenderOutput for LogLines {
+    fn render<'a>(&'a mut self, message: &'a Message) -> [&'a [u8]; 2] {
+        self.line.clear();
+        if self.printer.render(message, &mut self.line) == Rendered::NotJson && !self.printer.warned
+        {
+            self.printer.warned = true;
+            (self.warnings)(NOT_JSON_WARNING);
+        }
+        [&self.line, b""]
     }
 }
 

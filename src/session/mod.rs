@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -190,6 +190,35 @@ impl Inbound {
             budget: self.budget.clone(),
         }
     }
+}
+
+/// How a session that prints what it receives turns one message into output: at most
+/// two pieces (a message and its line end need no copy into one buffer).
+pub trait RenderOutput {
+    fn render<'a>(&'a mut self, message: &'a Message) -> [&'a [u8]; 2];
+}
+
+/// The output loop of a session that prints what it receives (`connect`, `logs`): each
+/// message is rendered, owed (see [`Inbound::owe`]) and written through a counted buffer,
+/// flushed once per burst (when nothing else is waiting), not once per message. Ends
+/// when the supervisor closes the inbound channel, or with the first write error.
+pub async fn write_received<W: AsyncWrite + Unpin>(
+    inbound: &mut Inbound,
+    output: W,
+    renderer: &mut impl RenderOutput,
+) -> Result<(), OutputError> {
+    let mut output = BufWriter::new(inbound.counted(output));
+    while let Some(message) = inbound.recv().await {
+        let pieces = renderer.render(&message);
+        inbound.owe(pieces.iter().map(|piece| piece.len()).sum());
+        for piece in pieces {
+            output.write_all(piece).await?;
+        }
+        if inbound.is_empty() {
+            output.flush().await?;
+        }
+    }
+    Ok(output.flush().await?)
 }
 
 /// A writer that counts the bytes it accepted as paid off (see [`Inbound::counted`]).
