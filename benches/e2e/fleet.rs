@@ -1,6 +1,5 @@
 //! Shared by memory, reconnect and storm: fleets of idle supervised connections.
 
-use crate::rate::recv_binary;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -130,4 +129,15 @@ pub(crate) async fn stop_fleet(
         let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
     }
     start.elapsed()
+}
+
+/// Waits for the next binary message (the echo of a probe or of a rate batch); false once
+/// the supervisor has stopped.
+pub(crate) async fn recv_binary(link: &mut Link) -> bool {
+    while let Some(message) = link.recv().await {
+        if message.is_binary() {
+            return true;
+        }
+    }
+    false
 }

@@ -1,6 +1,6 @@
 //! (b) message rate: a supervised client against a bare tokio-tungstenite client.
 
-use crate::fleet::quiet_signals;
+use crate::fleet::{quiet_signals, recv_binary};
 use crate::procs::spawn_wsup_serve;
 use crate::report::{median, Report};
 use crate::Settings;
@@ -91,15 +91,6 @@ async fn bare_client(url: String, payload: Bytes, mut jobs: mpsc_async::Receiver
 struct RateSession {
     payload: Bytes,
     jobs: mpsc_async::Receiver<Job>,
-}
-
-pub(crate) async fn recv_binary(link: &mut Link) -> bool {
-    while let Some(message) = link.recv().await {
-        if message.is_binary() {
-            return true;
-        }
-    }
-    false
 }
 
 impl Session for RateSession {

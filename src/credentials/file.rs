@@ -4,8 +4,8 @@
 //! advisory lock, atomically replaced, at a symlink's target. Kept apart because all of
 //! this is filesystem work; what the token endpoint's answer means is in `refresh.rs`.
 
-use super::refresh::{read_capped_body, token_answer, unix_seconds, TOKEN_REQUEST_TIMEOUT};
-use super::{Credentials, RefreshFuture, Secret, EXPIRY_WINDOW};
+use super::refresh::{read_capped_body, token_answer, StoredCredentials, TOKEN_REQUEST_TIMEOUT};
+use super::{Credentials, RefreshFuture, Secret};
 use crate::classify::Failure;
 use crate::headers::{is_header_safe, parse_retry_after, NOT_HEADER_SAFE};
 use std::fmt;
@@ -23,40 +23,6 @@ pub struct CredentialsFileError {
 /// The largest credentials file wsup reads. It holds a few tokens; anything bigger is
 /// the wrong file, and reading it whole would let it fill the memory.
 pub const MAX_CREDENTIALS_FILE_BYTES: u64 = 1024 * 1024;
-
-/// The on-disk JSON. Fields wsup does not know are kept, in order, on every rewrite.
-#[derive(Clone, serde::Deserialize, serde::Serialize)]
-pub(super) struct StoredCredentials {
-    pub(super) access_token: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) access_token_expiration: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) refresh_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) token_url: Option<String>,
-    #[serde(flatten)]
-    pub(super) other: serde_json::Map<String, serde_json::Value>,
-}
-
-impl StoredCredentials {
-    /// The expiry in Unix seconds. Compared as plain integers: an expiry in year 9999
-    /// or year 0 is a valid RFC 3339 time, and must not overflow a `SystemTime`.
-    fn expires_at_unix(&self) -> Option<i64> {
-        let text = self.access_token_expiration.as_deref()?;
-        chrono::DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|at| at.timestamp())
-    }
-
-    pub(super) fn expires_within(&self, now: SystemTime, window: Duration) -> bool {
-        self.expires_at_unix()
-            .is_some_and(|at| i128::from(at) <= unix_seconds(now) + i128::from(window.as_secs()))
-    }
-
-    pub(super) fn expiring_soon(&self, now: SystemTime) -> bool {
-        self.expires_within(now, EXPIRY_WINDOW)
-    }
-}
 
 /// `--credentials FILE`: a stored access token, refreshed over HTTP and written back
 /// atomically under an advisory lock, safe to share between processes.

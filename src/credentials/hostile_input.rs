@@ -1,8 +1,8 @@
 //! Proptests over what the token endpoint and the credentials file can contain:
 //! never a panic, always an outcome from the exit-code table.
 
-use super::file::{parse_stored, read_stored, StoredCredentials};
-use super::refresh::token_answer;
+use super::file::{parse_stored, read_stored};
+use super::refresh::{token_answer, StoredCredentials};
 use super::EXPIRY_WINDOW;
 use crate::classify::ClassifyRules;
 use proptest::prelude::*;

@@ -2,12 +2,48 @@
 //! [`MAX_TOKEN_RESPONSE_BYTES`] cap, what the answer means (new credentials or a
 //! classified failure), and the expiry arithmetic (`expires_in` clamped to
 //! [`MAX_TOKEN_LIFETIME`], stored times clamped to what RFC 3339 can write). Pure but for
-//! the body read, so that the proptests can reach every answer.
+//! the body read, so that the proptests can reach every answer. The stored credentials
+//! (the file's JSON shape) are defined here too: an answer becomes them, and `file.rs`
+//! reads and writes them.
 
-use super::file::StoredCredentials;
+use super::EXPIRY_WINDOW;
 use crate::classify::Failure;
 use crate::headers::{is_header_safe, NOT_HEADER_SAFE};
 use std::time::{Duration, SystemTime};
+
+/// The on-disk JSON. Fields wsup does not know are kept, in order, on every rewrite.
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
+pub(super) struct StoredCredentials {
+    pub(super) access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) access_token_expiration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) token_url: Option<String>,
+    #[serde(flatten)]
+    pub(super) other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl StoredCredentials {
+    /// The expiry in Unix seconds. Compared as plain integers: an expiry in year 9999
+    /// or year 0 is a valid RFC 3339 time, and must not overflow a `SystemTime`.
+    fn expires_at_unix(&self) -> Option<i64> {
+        let text = self.access_token_expiration.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|at| at.timestamp())
+    }
+
+    pub(super) fn expires_within(&self, now: SystemTime, window: Duration) -> bool {
+        self.expires_at_unix()
+            .is_some_and(|at| i128::from(at) <= unix_seconds(now) + i128::from(window.as_secs()))
+    }
+
+    pub(super) fn expiring_soon(&self, now: SystemTime) -> bool {
+        self.expires_within(now, EXPIRY_WINDOW)
+    }
+}
 
 /// The largest token-endpoint answer wsup reads: a token answer is a few KiB, and a
 /// broken or hostile endpoint must not be able to fill the memory.
