@@ -1,4 +1,6 @@
 //! Property and model tests for the supervisor's state machine (DESIGN.md, "Tests").
+//! Test code only (`cfg(test)`): the properties themselves, about 750 lines, read best
+//! together; the oracle, strategies, driver model and model test have files of their own.
 //!
 //! Three kinds of input drive [`Machine`] here:
 //!
