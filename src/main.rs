@@ -100,6 +100,8 @@ fn main() {
 fn exit_after_printing(written: std::io::Result<()>) -> ! {
     match written.and_then(|()| std::io::stdout().flush()) {
         Ok(()) => std::process::exit(exit::OK.into()),
+        // The reader went away (`wsup man | head`): it chose to stop, as for a session.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(exit::OK.into()),
         Err(e) => {
             eprint_message("wsup", "error", &format!("cannot write to stdout: {e}"));
             std::process::exit(exit::IO_ERROR.into());
@@ -277,8 +279,14 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
             let diagram = wsup::states::render(format);
             match std::io::stdout().write_all(diagram.as_bytes()) {
                 Ok(()) => exit::OK,
+                // The reader went away (`wsup states | head`): it chose to stop.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
                 Err(e) => {
-                    eprintln!("wsup states: cannot write the diagram: {e}");
+                    eprint_message(
+                        "wsup states",
+                        "error",
+                        &format!("cannot write the diagram: {e}"),
+                    );
                     exit::IO_ERROR
                 }
             }

@@ -151,7 +151,7 @@ async fn man_renders_the_page_without_warnings() {
 
 /// A reader that went away (`wsup man | head -0`): exit 74 (output lost), no panic.
 #[test]
-fn a_closed_stdout_is_output_lost_not_a_panic() {
+fn a_reader_that_went_away_is_quiet_and_a_failing_stdout_is_output_lost() {
     use std::os::fd::{FromRawFd, OwnedFd};
     for args in [
         &["man"][..],
@@ -164,11 +164,25 @@ fn a_closed_stdout_is_output_lost_not_a_panic() {
         // SAFETY: both descriptors were just returned by pipe(2) and are owned here only.
         let (reader, writer) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // The reader is gone before wsup writes a byte: every write is EPIPE.
+        // The reader is gone before wsup writes a byte: every write is EPIPE, which ends
+        // quietly with 0 (the reader chose to stop), like `wsup logs URL | head -1`.
         drop(reader);
         let done = StdCommand::new(env!("CARGO_BIN_EXE_wsup"))
             .args(args)
             .stdout(std::process::Stdio::from(writer))
+            .output()
+            .expect("run wsup");
+        let stderr = String::from_utf8_lossy(&done.stderr);
+        assert_eq!(done.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        // Any other write error is output lost: 74, one line, never a panic.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let done = StdCommand::new(env!("CARGO_BIN_EXE_wsup"))
+            .args(args)
+            .stdout(full)
             .output()
             .expect("run wsup");
         let stderr = String::from_utf8_lossy(&done.stderr);
