@@ -71,6 +71,9 @@ pub(super) struct Conn<S> {
     /// Messages handed to the driver on this connection: with none, the session has
     /// nothing to answer and a violation closes at once.
     frames_read: u64,
+    /// On-connect messages still at the front of `queue`: they are sent again by the next
+    /// connection anyway, so they are not carried over to it.
+    on_connect_queued: usize,
 }
 
 /// A protocol violation the server committed, on its way to our close frame.
@@ -124,7 +127,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             drain: None,
             violation: None,
             frames_read: 0,
+            on_connect_queued: 0,
         }
+    }
+
+    /// Put the on-connect messages at the front of the queue (called once, on a new
+    /// connection, before anything else is queued).
+    pub(super) fn queue_on_connect(&mut self, messages: &[Message]) {
+        for message in messages.iter().rev() {
+            self.queue.push_front(message.clone());
+        }
+        self.on_connect_queued += messages.len();
     }
 
     /// Take the session's messages (when `outbound` is given) while the queue has room,
@@ -259,8 +272,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
 
     /// The session's messages still in the queue (not pings, not close frames).
     pub(super) fn take_unsent_messages(&mut self) -> VecDeque<Message> {
+        let on_connect = std::mem::take(&mut self.on_connect_queued);
         self.queue
             .drain(..)
+            .skip(on_connect)
             .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
             .collect()
     }
@@ -316,6 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             match ws.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let message = self.queue.pop_front().expect("not empty");
+                    self.on_connect_queued = self.on_connect_queued.saturating_sub(1);
                     ws.as_mut().start_send(message)?;
                     self.needs_flush = true;
                 }
