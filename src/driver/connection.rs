@@ -368,3 +368,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         });
     }
 }
+
+#[cfg(test)]
+mod on_connect_tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// A connection, and the server's end of its socket (kept open: a write to a
+    /// dropped peer fails).
+    async fn conn() -> (Conn<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (socket, peer) = tokio::io::duplex(1 << 16);
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Client, None).await;
+        (Conn::new(ws, |_| None), peer)
+    }
+
+    #[tokio::test]
+    async fn unsent_on_connect_messages_are_not_carried_over_the_session_s_are() {
+        let (mut conn, _peer) = conn().await;
+        conn.queue_on_connect(&[Message::text("subscribe"), Message::text("again")]);
+        conn.queue.push_back(Message::text("typed"));
+        assert_eq!(
+            conn.queue,
+            [
+                Message::text("subscribe"),
+                Message::text("again"),
+                Message::text("typed")
+            ],
+            "on-connect messages first"
+        );
+        // The next connection sends its own on-connect messages: only the session's
+        // message is carried over.
+        assert_eq!(conn.take_unsent_messages(), [Message::text("typed")]);
+    }
+
+    #[tokio::test]
+    async fn on_connect_messages_handed_to_the_socket_no_longer_count() {
+        let (mut conn, _peer) = conn().await;
+        conn.queue_on_connect(&[Message::text("subscribe")]);
+        poll_fn(|cx| conn.poll_flush_queue(cx)).await.unwrap();
+        conn.queue.push_back(Message::text("typed"));
+        assert_eq!(conn.take_unsent_messages(), [Message::text("typed")]);
+    }
+}
