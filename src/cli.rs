@@ -255,7 +255,21 @@ pub struct CommonArgs {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration,
           default_value = "30s", requires = "token_command")]
     pub token_command_timeout: Duration,
+    /// A text frame to send right after every successful dial, before anything else
+    /// (repeatable, in order): a subscription that must be renewed on every connection
+    /// [default: none].
+    #[arg(long, global = true, value_name = "TEXT")]
+    pub on_connect: Vec<String>,
+    /// Send each line of this file (at most 1 MiB, UTF-8; blank lines skipped) as a text
+    /// frame after every successful dial, after the --on-connect texts; read once at
+    /// start-up [default: none].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub on_connect_file: Option<PathBuf>,
 }
+
+/// The largest `--on-connect-file` read: the messages are kept in memory and resent on
+/// every connection, so the file is meant to be a few subscriptions, not a data set.
+pub const MAX_ON_CONNECT_FILE: u64 = 1 << 20;
 
 /// The largest value a duration flag takes: 1 day (the error message says so). Far
 /// beyond any useful timeout or interval, and small enough that every sum and deadline built from these flags stays
@@ -443,8 +457,10 @@ impl CommonArgs {
                 return Err(UsageError::Invalid(format!("{flag} must be more than 0")));
             }
         }
+        let on_connect = self.on_connect_messages()?;
         let config = Config {
             url,
+            on_connect,
             transport: TransportConfig {
                 headers,
                 connect_timeout: self.connect_timeout,
@@ -473,6 +489,37 @@ impl CommonArgs {
             credentials,
             token_command,
         })
+    }
+
+    /// The `--on-connect` texts, then the lines of `--on-connect-file` (blank lines
+    /// skipped, a trailing `\r` dropped): a file that cannot be read, is larger than
+    /// [`MAX_ON_CONNECT_FILE`] or is not UTF-8 is a usage error naming it.
+    fn on_connect_messages(&self) -> Result<Vec<String>, UsageError> {
+        let mut messages = self.on_connect.clone();
+        let Some(path) = &self.on_connect_file else {
+            return Ok(messages);
+        };
+        let unreadable = |why: String| {
+            UsageError::Invalid(format!("--on-connect-file {}: {why}", path.display()))
+        };
+        let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+        let mut bytes = Vec::new();
+        // One byte past the limit is enough to know the file is too large.
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(file, MAX_ON_CONNECT_FILE + 1),
+            &mut bytes,
+        )
+        .map_err(|e| unreadable(e.to_string()))?;
+        if bytes.len() as u64 > MAX_ON_CONNECT_FILE {
+            return Err(unreadable("larger than 1 MiB".into()));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8 text".into()))?;
+        messages.extend(
+            text.lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(str::to_owned),
+        );
+        Ok(messages)
     }
 
     /// `--token-command`, checked but not run yet (clap refuses it with --token-env and
@@ -519,10 +566,8 @@ fn common_args() -> clap::Command {
 /// [`explicit_common_flags`].
 pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), UsageError> {
     let (name, honoured): (&str, &[&str]) = match command {
-        Command::Connect { .. }
-        | Command::Shell { .. }
-        | Command::Logs { .. }
-        | Command::PortForward { .. } => return Ok(()),
+        Command::Connect { .. } | Command::Shell { .. } | Command::Logs { .. } => return Ok(()),
+        Command::PortForward { .. } => return refuse_on_connect_for_port_forward(given),
         Command::Demo => ("demo", DEMO_FLAGS),
         Command::Serve(_) => ("serve", &[]),
         Command::Completions { .. } => ("completions", &[]),
@@ -544,6 +589,21 @@ pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), U
     Err(UsageError::Invalid(format!(
         "{flags}: `wsup {name}` does not take {them} (client flags belong to connect, shell, logs and port-forward)"
     )))
+}
+
+/// Port-forward carries a TCP byte stream: a text frame of our own would corrupt it, so
+/// `--on-connect` and `--on-connect-file` are refused rather than ignored.
+fn refuse_on_connect_for_port_forward(given: &[clap::Id]) -> Result<(), UsageError> {
+    match given
+        .iter()
+        .find(|id| matches!(id.as_str(), "on_connect" | "on_connect_file"))
+    {
+        Some(id) => Err(UsageError::Invalid(format!(
+            "{}: `wsup port-forward` does not take it (a tunnel carries a byte stream, not text frames)",
+            flag_name(id)
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `--long-name` (or `-s`) of a common flag, for messages.

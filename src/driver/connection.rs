@@ -71,6 +71,9 @@ pub(super) struct Conn<S> {
     /// Messages handed to the driver on this connection: with none, the session has
     /// nothing to answer and a violation closes at once.
     frames_read: u64,
+    /// On-connect messages still at the front of `queue`: they are sent again by the next
+    /// connection anyway, so they are not carried over to it.
+    on_connect_queued: usize,
 }
 
 /// A protocol violation the server committed, on its way to our close frame.
@@ -124,7 +127,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             drain: None,
             violation: None,
             frames_read: 0,
+            on_connect_queued: 0,
         }
+    }
+
+    /// Put the on-connect messages at the front of the queue (called once, on a new
+    /// connection, before anything else is queued).
+    pub(super) fn queue_on_connect(&mut self, messages: &[Message]) {
+        for message in messages.iter().rev() {
+            self.queue.push_front(message.clone());
+        }
+        self.on_connect_queued += messages.len();
     }
 
     /// Take the session's messages (when `outbound` is given) while the queue has room,
@@ -259,8 +272,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
 
     /// The session's messages still in the queue (not pings, not close frames).
     pub(super) fn take_unsent_messages(&mut self) -> VecDeque<Message> {
+        let on_connect = std::mem::take(&mut self.on_connect_queued);
         self.queue
             .drain(..)
+            .skip(on_connect)
             .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
             .collect()
     }
@@ -316,6 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             match ws.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     let message = self.queue.pop_front().expect("not empty");
+                    self.on_connect_queued = self.on_connect_queued.saturating_sub(1);
                     ws.as_mut().start_send(message)?;
                     self.needs_flush = true;
                 }
@@ -350,5 +366,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             })
             .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod on_connect_tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// A connection, and the server's end of its socket (kept open: a write to a
+    /// dropped peer fails).
+    async fn conn() -> (Conn<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (socket, peer) = tokio::io::duplex(1 << 16);
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Client, None).await;
+        (Conn::new(ws, |_| None), peer)
+    }
+
+    #[tokio::test]
+    async fn unsent_on_connect_messages_are_not_carried_over_the_session_s_are() {
+        let (mut conn, _peer) = conn().await;
+        conn.queue_on_connect(&[Message::text("subscribe"), Message::text("again")]);
+        conn.queue.push_back(Message::text("typed"));
+        assert_eq!(
+            conn.queue,
+            [
+                Message::text("subscribe"),
+                Message::text("again"),
+                Message::text("typed")
+            ],
+            "on-connect messages first"
+        );
+        // The next connection sends its own on-connect messages: only the session's
+        // message is carried over.
+        assert_eq!(conn.take_unsent_messages(), [Message::text("typed")]);
+    }
+
+    #[tokio::test]
+    async fn on_connect_messages_handed_to_the_socket_no_longer_count() {
+        let (mut conn, _peer) = conn().await;
+        conn.queue_on_connect(&[Message::text("subscribe")]);
+        poll_fn(|cx| conn.poll_flush_queue(cx)).await.unwrap();
+        conn.queue.push_back(Message::text("typed"));
+        assert_eq!(conn.take_unsent_messages(), [Message::text("typed")]);
     }
 }

@@ -48,6 +48,9 @@ pub struct Config {
     pub transport: TransportConfig,
     pub machine: MachineConfig,
     pub backoff: BackoffPolicy,
+    /// Text frames sent first on every connection, before anything the session queued
+    /// (`--on-connect`): subscriptions a server forgets when the connection drops.
+    pub on_connect: Vec<String>,
 }
 
 impl Config {
@@ -57,6 +60,7 @@ impl Config {
             transport: TransportConfig::default(),
             machine: MachineConfig::default(),
             backoff: BackoffPolicy::default(),
+            on_connect: Vec::new(),
         }
     }
 }
@@ -243,6 +247,12 @@ impl Supervisor {
             outcome: None,
             unsent_at_close: false,
             carried_over: VecDeque::new(),
+            on_connect: self
+                .config
+                .on_connect
+                .into_iter()
+                .map(|text| Message::Text(text.into()))
+                .collect(),
         };
         let outcome = driver.run().await;
         driver
@@ -286,6 +296,8 @@ struct Driver<D: Dialer> {
     unsent_at_close: bool,
     /// The session's messages the last connection never wrote: queued first on the next.
     carried_over: VecDeque<Message>,
+    /// [`Config::on_connect`] as messages, queued first on every new connection.
+    on_connect: Vec<Message>,
 }
 
 impl<D: Dialer> Driver<D> {
@@ -373,7 +385,11 @@ impl<D: Dialer> Driver<D> {
                     match dialed {
                         Ok(ws) => {
                             let mut conn = Conn::new(ws, D::wire_close);
-                            conn.queue = std::mem::take(&mut self.carried_over);
+                            // The on-connect messages go first, then what the last
+                            // connection did not send; the session's new messages are
+                            // taken from the channel only after these.
+                            conn.queue_on_connect(&self.on_connect);
+                            conn.queue.append(&mut self.carried_over);
                             self.conn = Some(conn);
                             self.unsent_at_close = false;
                             Event::DialSucceeded
