@@ -255,6 +255,12 @@ pub struct CommonArgs {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_bounded_duration,
           default_value = "30s", requires = "token_command")]
     pub token_command_timeout: Duration,
+    /// Offer this websocket subprotocol in the upgrade (`Sec-WebSocket-Protocol`);
+    /// repeatable, offered in order. A server that chooses none of them, or one not
+    /// offered, fails the connection (exit 69). On `wsup serve`: accept only a client that
+    /// offers it [default: none offered].
+    #[arg(long = "subprotocol", global = true, value_name = "NAME", value_parser = parse_subprotocol)]
+    pub subprotocols: Vec<String>,
 }
 
 /// The largest value a duration flag takes: 1 day (the error message says so). Far
@@ -271,6 +277,12 @@ fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(duration)
+}
+
+/// A `--subprotocol` name: an HTTP token, see [`transport::check_subprotocol`].
+fn parse_subprotocol(text: &str) -> Result<String, String> {
+    transport::check_subprotocol(text).map_err(|e| e.to_string())?;
+    Ok(text.to_string())
 }
 
 /// A byte size: a plain number of bytes, or one with a unit (`B`, `KiB`, `MiB`, `GiB`,
@@ -449,6 +461,7 @@ impl CommonArgs {
                 headers,
                 connect_timeout: self.connect_timeout,
                 extra_ca_certs,
+                subprotocols: self.subprotocols.clone(),
                 ..TransportConfig::default()
             },
             machine: MachineConfig {
@@ -524,7 +537,7 @@ pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), U
         | Command::Logs { .. }
         | Command::PortForward { .. } => return Ok(()),
         Command::Demo => ("demo", DEMO_FLAGS),
-        Command::Serve(_) => ("serve", &[]),
+        Command::Serve(_) => ("serve", &["subprotocols"]),
         Command::Completions { .. } => ("completions", &[]),
         Command::Man => ("man", &[]),
         Command::States { .. } => ("states", &[]),
