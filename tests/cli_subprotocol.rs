@@ -40,7 +40,7 @@ async fn an_offered_subprotocol_the_server_requires_is_accepted_and_echo_works()
     let done = client.finish().await;
     done.assert_code(0)
         .assert_stdout("hello\n")
-        .assert_stderr_contains("v2.echo");
+        .assert_stderr_contains("subprotocol=v2.echo");
 }
 
 #[tokio::test]

@@ -287,3 +287,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod subprotocol_tests {
+    use super::chosen_subprotocol;
+
+    #[test]
+    fn without_a_requirement_the_first_offer_is_chosen() {
+        assert_eq!(chosen_subprotocol(Some("b, a"), &[]), Some("b".into()));
+        assert_eq!(chosen_subprotocol(None, &[]), None);
+    }
+
+    #[test]
+    fn with_a_requirement_the_first_required_one_offered_is_chosen() {
+        let required = ["x".to_string(), "a".to_string()];
+        assert_eq!(
+            chosen_subprotocol(Some("b,a ,x"), &required),
+            Some("x".into())
+        );
+        assert_eq!(
+            chosen_subprotocol(Some("b, a"), &required),
+            Some("a".into())
+        );
+        assert_eq!(chosen_subprotocol(Some("b"), &required), None);
+        assert_eq!(chosen_subprotocol(None, &required), None);
+    }
+}

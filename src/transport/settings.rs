@@ -309,3 +309,31 @@ impl fmt::Debug for HeaderNames<'_> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod subprotocol_tests {
+    use super::check_subprotocol;
+
+    #[test]
+    fn subprotocol_names_are_http_tokens() {
+        for good in [
+            "graphql-transport-ws",
+            "v1.stomp",
+            "mqtt",
+            "a!#$%&'*+-.^_`|~z",
+        ] {
+            assert!(check_subprotocol(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a,b",
+            "caf\u{e9}",
+            "a\r\nX-Injected: 1",
+            "\"quoted\"",
+        ] {
+            let err = check_subprotocol(bad).expect_err(bad).to_string();
+            assert!(err.starts_with("invalid subprotocol"), "{err}");
+        }
+    }
+}
