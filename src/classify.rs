@@ -53,6 +53,14 @@ pub enum Failure {
     /// token), which only the user can fix, as a rejected refresh token. `detail` names
     /// the command and carries its last stderr line.
     TokenCommand { transient: bool, detail: String },
+    /// The upgrade's answer broke the subprotocol negotiation (`--subprotocol`): the server
+    /// chose none although some were offered, or one that was not offered. `offered` is
+    /// what was sent, in order (empty when none was); `answer` says, in wsup's words, what
+    /// came back (tungstenite rejects the response before its value can be read).
+    Subprotocol {
+        offered: Vec<String>,
+        answer: String,
+    },
 }
 
 /// Which part of the network failed. All of them are transient except the last three: a
@@ -169,6 +177,7 @@ impl ClassifyRules {
                 transient: true, ..
             } => Class::Transient,
             Failure::TokenCommand { .. } => Class::Auth,
+            Failure::Subprotocol { .. } => Class::Permanent,
         }
     }
 
@@ -374,6 +383,18 @@ impl fmt::Display for Failure {
             Failure::InputRejected(detail) => f.write_str(detail),
             Failure::CannotCreate(detail) => f.write_str(&escape_untrusted(detail)),
             Failure::TokenCommand { detail, .. } => f.write_str(&escape_untrusted(detail)),
+            Failure::Subprotocol { offered, answer } => {
+                let offered = if offered.is_empty() {
+                    "none".to_string()
+                } else {
+                    offered.join(", ")
+                };
+                write!(
+                    f,
+                    "subprotocol mismatch: the server answered the upgrade with {answer}; offered: {}",
+                    escape_untrusted(&offered)
+                )
+            }
         }
     }
 }
@@ -414,6 +435,7 @@ impl Failure {
             Failure::InputRejected(_) => "input rejected".into(),
             Failure::CannotCreate(_) => "cannot create".into(),
             Failure::TokenCommand { .. } => "token command".into(),
+            Failure::Subprotocol { .. } => "subprotocol".into(),
         }
     }
 }

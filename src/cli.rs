@@ -265,6 +265,12 @@ pub struct CommonArgs {
     /// start-up [default: none].
     #[arg(long, global = true, value_name = "FILE")]
     pub on_connect_file: Option<PathBuf>,
+    /// Offer this websocket subprotocol in the upgrade (`Sec-WebSocket-Protocol`);
+    /// repeatable, offered in order. A server that chooses none of them, or one not
+    /// offered, fails the connection (exit 69). On `wsup serve`: accept only a client that
+    /// offers it [default: none offered].
+    #[arg(long = "subprotocol", global = true, value_name = "NAME", value_parser = parse_subprotocol)]
+    pub subprotocols: Vec<String>,
 }
 
 /// The largest `--on-connect-file` read: the messages are kept in memory and resent on
@@ -285,6 +291,12 @@ fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(duration)
+}
+
+/// A `--subprotocol` name: an HTTP token, see [`transport::check_subprotocol`].
+fn parse_subprotocol(text: &str) -> Result<String, String> {
+    transport::check_subprotocol(text).map_err(|e| e.to_string())?;
+    Ok(text.to_string())
 }
 
 /// A byte size: a plain number of bytes, or one with a unit (`B`, `KiB`, `MiB`, `GiB`,
@@ -465,6 +477,7 @@ impl CommonArgs {
                 headers,
                 connect_timeout: self.connect_timeout,
                 extra_ca_certs,
+                subprotocols: self.subprotocols.clone(),
                 ..TransportConfig::default()
             },
             machine: MachineConfig {
@@ -569,7 +582,7 @@ pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), U
         Command::Connect { .. } | Command::Shell { .. } | Command::Logs { .. } => return Ok(()),
         Command::PortForward { .. } => return refuse_on_connect_for_port_forward(given),
         Command::Demo => ("demo", DEMO_FLAGS),
-        Command::Serve(_) => ("serve", &[]),
+        Command::Serve(_) => ("serve", &["subprotocols"]),
         Command::Completions { .. } => ("completions", &[]),
         Command::Man => ("man", &[]),
         Command::States { .. } => ("states", &[]),

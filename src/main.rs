@@ -238,7 +238,7 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
             listen,
             max_tunnels,
         } => port_forward(&common, &url, &listen, max_tunnels).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, common.subprotocols).await,
         // Printed and exited in main, before the runtime starts.
         Command::Completions { .. } | Command::Man => exit::OK,
         Command::Demo => {
@@ -550,7 +550,7 @@ fn redacted_url(url: &url::Url) -> String {
     shown.to_string()
 }
 
-async fn serve(args: ServeArgs) -> u8 {
+async fn serve(args: ServeArgs, subprotocols: Vec<String>) -> u8 {
     let script = match args.script.parse() {
         Ok(s) => s,
         Err(e) => return usage_error(format!("--script: {e}")),
@@ -558,6 +558,7 @@ async fn serve(args: ServeArgs) -> u8 {
     let options = wsup::serve::ServeOptions {
         require_token: args.require_token,
         token_ttl: args.token_ttl,
+        subprotocols,
         ..wsup::serve::ServeOptions::new(args.listen, script)
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -612,7 +613,10 @@ fn init_logging(common: &CommonArgs, demo: bool) {
     let default = match (common.quiet, common.verbose, demo) {
         (true, _, _) => "error",
         (false, 0, false) => "warn",
-        (false, 0, true) | (false, 1, _) => "warn,wsup::machine=debug",
+        // The chosen subprotocol is part of what -v tells about a connection.
+        (false, 0, true) | (false, 1, _) => {
+            "warn,wsup::machine=debug,wsup::transport::subprotocol=debug"
+        }
         (false, 2, _) => "info,wsup=debug",
         (false, _, _) => "trace",
     };

@@ -244,6 +244,9 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
             ),
             _ => "retrying will not help: report the token endpoint's answer to its owners".into(),
         },
+        (Class::Permanent, Failure::Subprotocol { .. }) => {
+            "the server does not speak what was offered; retrying will not help: check --subprotocol against what the server expects".into()
+        }
         (Class::Permanent, Failure::Tls(_)) => {
             "the server's certificate is not trusted: pass --ca-cert FILE for a private CA, or fix the server's certificate".into()
         }

@@ -90,6 +90,11 @@ pub struct ServeOptions {
     pub require_token: Option<String>,
     /// `expires_in` of the tokens the token endpoint issues.
     pub token_ttl: Duration,
+    /// When not empty, a websocket request must offer one of these subprotocols
+    /// (`--subprotocol`), and the first of them it offers is chosen; other requests are
+    /// answered 400 and do not consume a step. When empty, the first subprotocol the
+    /// client offers is chosen.
+    pub subprotocols: Vec<String>,
 }
 
 impl fmt::Debug for ServeOptions {
@@ -103,6 +108,7 @@ impl fmt::Debug for ServeOptions {
                 &self.require_token.as_ref().map(|_| "<redacted>"),
             )
             .field("token_ttl", &self.token_ttl)
+            .field("subprotocols", &self.subprotocols)
             .finish()
     }
 }
@@ -115,6 +121,7 @@ impl ServeOptions {
             script,
             require_token: None,
             token_ttl: DEFAULT_TOKEN_TTL,
+            subprotocols: Vec::new(),
         }
     }
 }
@@ -242,6 +249,8 @@ struct Shared {
     script: Script,
     require_token: bool,
     token_ttl: Duration,
+    /// See [`ServeOptions::subprotocols`].
+    subprotocols: Vec<String>,
     /// Base of the `created_at` of `logs` lines, fixed so that replays are identical.
     logs_epoch_ms: u64,
     state: Mutex<State>,
@@ -278,6 +287,7 @@ impl Shared {
             script: opts.script,
             require_token: opts.require_token.is_some(),
             token_ttl: opts.token_ttl,
+            subprotocols: opts.subprotocols,
             logs_epoch_ms,
             state: Mutex::new(State {
                 next_step: 0,
@@ -466,6 +476,20 @@ async fn serve_connection(
     };
     if head.path() == TOKEN_PATH {
         return serve_token_request(stream, head, shared).await;
+    }
+    let offered = head.header("sec-websocket-protocol");
+    if !shared.subprotocols.is_empty()
+        && chosen_subprotocol(offered, &shared.subprotocols).is_none()
+    {
+        debug!(
+            offered,
+            "websocket request without a required subprotocol: 400"
+        );
+        let body = format!(
+            "this server requires the subprotocol {}\n",
+            shared.subprotocols.join(" or ")
+        );
+        return Ok(write_response(&mut stream, 400, &[], "text/plain", &body).await?);
     }
     match shared.admit(&head) {
         Admission::Unauthorized => {

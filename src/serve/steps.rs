@@ -24,8 +24,9 @@ use tracing::debug;
 pub(super) type ServerSocket = WebSocketStream<Replayed<ServerStream>>;
 
 /// Runs the websocket handshake over the request bytes already read plus the rest of the
-/// stream. Offers back the first subprotocol the client asked for, because a client that
-/// asks for one fails the handshake when the answer has none.
+/// stream. Answers with [`chosen_subprotocol`]: without `--subprotocol`, the first one the
+/// client asked for, because a client that asks for one fails the handshake when the
+/// answer has none.
 #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
 pub(super) async fn upgrade(
     stream: ServerStream,
@@ -35,13 +36,13 @@ pub(super) async fn upgrade(
     let shared = Arc::clone(shared);
     let callback =
         move |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-            let first_protocol = request
+            let offered = request
                 .headers()
                 .get(SEC_WEBSOCKET_PROTOCOL)
-                .and_then(|offered| offered.to_str().ok())
-                .and_then(|offered| offered.split(',').next())
-                .and_then(|protocol| protocol.trim().parse().ok());
-            if let Some(protocol) = first_protocol {
+                .and_then(|offered| offered.to_str().ok());
+            let chosen = chosen_subprotocol(offered, &shared.subprotocols)
+                .and_then(|protocol| protocol.parse().ok());
+            if let Some(protocol) = chosen {
                 response
                     .headers_mut()
                     .insert(SEC_WEBSOCKET_PROTOCOL, protocol);
@@ -61,6 +62,25 @@ pub(super) async fn upgrade(
         .max_message_size(Some(crate::transport::MAX_MESSAGE_SIZE))
         .max_frame_size(Some(crate::transport::MAX_MESSAGE_SIZE));
     tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await
+}
+
+/// The subprotocol to answer with, given the client's `Sec-WebSocket-Protocol` (`offered`):
+/// the first of `required` the client offered, or, when nothing is required, the first
+/// one offered. `None`: answer without one.
+pub(super) fn chosen_subprotocol(offered: Option<&str>, required: &[String]) -> Option<String> {
+    let mut offered = offered
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty());
+    if required.is_empty() {
+        return offered.next().map(str::to_owned);
+    }
+    let offered: Vec<&str> = offered.collect();
+    required
+        .iter()
+        .find(|name| offered.contains(&name.as_str()))
+        .cloned()
 }
 
 /// Per-connection read buffer of the scripted server.
@@ -265,5 +285,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod subprotocol_tests {
+    use super::chosen_subprotocol;
+
+    #[test]
+    fn without_a_requirement_the_first_offer_is_chosen() {
+        assert_eq!(chosen_subprotocol(Some("b, a"), &[]), Some("b".into()));
+        assert_eq!(chosen_subprotocol(None, &[]), None);
+    }
+
+    #[test]
+    fn with_a_requirement_the_first_required_one_offered_is_chosen() {
+        let required = ["x".to_string(), "a".to_string()];
+        assert_eq!(
+            chosen_subprotocol(Some("b,a ,x"), &required),
+            Some("x".into())
+        );
+        assert_eq!(
+            chosen_subprotocol(Some("b, a"), &required),
+            Some("a".into())
+        );
+        assert_eq!(chosen_subprotocol(Some("b"), &required), None);
+        assert_eq!(chosen_subprotocol(None, &required), None);
     }
 }

@@ -21,7 +21,9 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError, TlsError};
+use tokio_tungstenite::tungstenite::error::{
+    CapacityError, ProtocolError, SubProtocolError, TlsError,
+};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -45,6 +47,8 @@ struct Inner {
     headers: Vec<(HeaderName, HeaderValue)>,
     connect_timeout: Duration,
     ws_config: WebSocketConfig,
+    /// Offered in this order; see [`TransportConfig::subprotocols`].
+    subprotocols: Vec<String>,
 }
 
 impl fmt::Debug for Transport {
@@ -53,6 +57,7 @@ impl fmt::Debug for Transport {
             .field("headers", &HeaderNames(&self.inner.headers))
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("ws_config", &self.inner.ws_config)
+            .field("subprotocols", &self.inner.subprotocols)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +92,10 @@ impl Transport {
             }
         }
 
+        for name in &cfg.subprotocols {
+            check_subprotocol(name)?;
+        }
+
         let tls = crate::tls::client_config(cfg.extra_ca_certs).map_err(UsageError::TlsSetup)?;
 
         let write_buffer_size = cfg.write_buffer_size;
@@ -114,6 +123,7 @@ impl Transport {
                 headers: cfg.headers,
                 connect_timeout: cfg.connect_timeout,
                 ws_config,
+                subprotocols: cfg.subprotocols,
             }),
         })
     }
@@ -176,6 +186,14 @@ impl Transport {
         for (name, value) in &self.inner.headers {
             headers.append(name.clone(), value.clone());
         }
+        if !self.inner.subprotocols.is_empty() {
+            // Checked as tokens in `new`, so the joined list is a valid header value.
+            let offered =
+                HeaderValue::from_str(&self.inner.subprotocols.join(", ")).map_err(|err| {
+                    Failure::Internal(format!("cannot offer the subprotocols: {err}"))
+                })?;
+            headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, offered);
+        }
         if let Some(authorization) = authorization {
             // The CLI refuses such a value before the first dial (exit 2); this guards a
             // library user's own `Credentials`. `HeaderValue` alone would accept
@@ -220,14 +238,41 @@ impl Transport {
         let plain = matches!(stream, MaybeTlsStream::Plain(_));
         // tungstenite traces the request it is given: it gets none of the credentials.
         let stream = SecretHeaders::take_from(request.headers_mut(), stream);
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(
+        let (ws, response) = tokio_tungstenite::client_async_with_config(
             request,
             CloseObserver::new(stream),
             Some(self.inner.ws_config),
         )
         .await
-        .map_err(|err| upgrade_failure(err, plain))?;
+        .map_err(|err| match err {
+            tungstenite::Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(why)) => {
+                subprotocol_failure(&why, &self.inner.subprotocols)
+            }
+            err => upgrade_failure(err, plain),
+        })?;
+        if let Some(chosen) = response.headers().get(http::header::SEC_WEBSOCKET_PROTOCOL) {
+            let chosen = escape_untrusted(&String::from_utf8_lossy(chosen.as_bytes()));
+            // Its own target, so that -v shows it without the rest of the transport's debug.
+            tracing::debug!(target: "wsup::transport::subprotocol", subprotocol = %chosen, "the server chose a subprotocol");
+        }
         Ok(ws)
+    }
+}
+
+/// The handshake failure for a response tungstenite refused because of its
+/// `Sec-WebSocket-Protocol`. tungstenite drops the response, so what the server chose is
+/// said in words, not quoted.
+fn subprotocol_failure(why: &SubProtocolError, offered: &[String]) -> Failure {
+    let answer = match why {
+        SubProtocolError::NoSubProtocol => "no subprotocol",
+        SubProtocolError::InvalidSubProtocol => "a subprotocol that was not offered",
+        SubProtocolError::ServerSentSubProtocolNoneRequested => {
+            "a subprotocol although none was offered"
+        }
+    };
+    Failure::Subprotocol {
+        offered: offered.to_vec(),
+        answer: answer.into(),
     }
 }
 

@@ -36,8 +36,8 @@ pub use errors::{failure_from_close_frame, failure_from_received_close, failure_
 pub use observe::{CloseObserver, WireClose};
 pub use secret_headers::SecretHeaders;
 pub use settings::{
-    check_secure_for_credentials, is_loopback, load_ca_certs, parse_header, parse_ws_url,
-    TransportConfig, UsageError,
+    check_secure_for_credentials, check_subprotocol, is_loopback, load_ca_certs, parse_header,
+    parse_ws_url, TransportConfig, UsageError,
 };
 
 /// The byte stream under an established websocket: TCP, or TLS over TCP, seen through a

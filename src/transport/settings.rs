@@ -236,6 +236,23 @@ pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UsageE
     Ok(certs)
 }
 
+/// Checks a `--subprotocol` name: RFC 6455 wants an HTTP token (letters, digits and
+/// ``!#$%&'*+-.^_`|~``), which also keeps the comma-separated header unambiguous.
+pub fn check_subprotocol(name: &str) -> Result<(), UsageError> {
+    const TOKEN_SYMBOLS: &[u8] = b"!#$%&'*+-.^_`|~";
+    let is_token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || TOKEN_SYMBOLS.contains(&b));
+    if is_token {
+        return Ok(());
+    }
+    Err(UsageError::Invalid(format!(
+        "invalid subprotocol '{}': a subprotocol name may contain only letters, digits and !#$%&'*+-.^_`|~",
+        escape_untrusted(name)
+    )))
+}
+
 /// What [`Transport::new`](super::Transport::new) is built from.
 #[derive(Clone)]
 pub struct TransportConfig {
@@ -249,6 +266,9 @@ pub struct TransportConfig {
     pub max_message_size: usize,
     pub read_buffer_size: usize,
     pub write_buffer_size: usize,
+    /// `--subprotocol` names, offered in this order in `Sec-WebSocket-Protocol` (none:
+    /// the header is not sent).
+    pub subprotocols: Vec<String>,
 }
 
 impl Default for TransportConfig {
@@ -260,6 +280,7 @@ impl Default for TransportConfig {
             max_message_size: MAX_MESSAGE_SIZE,
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            subprotocols: Vec::new(),
         }
     }
 }
@@ -273,6 +294,7 @@ impl fmt::Debug for TransportConfig {
             .field("max_message_size", &self.max_message_size)
             .field("read_buffer_size", &self.read_buffer_size)
             .field("write_buffer_size", &self.write_buffer_size)
+            .field("subprotocols", &self.subprotocols)
             .finish()
     }
 }
@@ -285,5 +307,33 @@ impl fmt::Debug for HeaderNames<'_> {
         f.debug_list()
             .entries(self.0.iter().map(|(name, _)| name.as_str()))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod subprotocol_tests {
+    use super::check_subprotocol;
+
+    #[test]
+    fn subprotocol_names_are_http_tokens() {
+        for good in [
+            "graphql-transport-ws",
+            "v1.stomp",
+            "mqtt",
+            "a!#$%&'*+-.^_`|~z",
+        ] {
+            assert!(check_subprotocol(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a,b",
+            "caf\u{e9}",
+            "a\r\nX-Injected: 1",
+            "\"quoted\"",
+        ] {
+            let err = check_subprotocol(bad).expect_err(bad).to_string();
+            assert!(err.starts_with("invalid subprotocol"), "{err}");
+        }
     }
 }

@@ -59,6 +59,7 @@ pub(crate) fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Clas
             transient: true, ..
         } => Class::Transient,
         Failure::TokenCommand { .. } => Class::Auth,
+        Failure::Subprotocol { .. } => Class::Permanent,
     }
 }
 
