@@ -11,7 +11,7 @@
 //! ([`crate::cli::tunnel_reconnect_policy`]: no redial once bytes flow, a few dial
 //! retries).
 
-use crate::driver::{NoticeSink, Supervisor};
+use crate::driver::{signal_arrives, NoticeSink, Supervisor};
 use crate::machine::{Notice, Outcome, Sig};
 use crate::session::forward::ForwardSession;
 use crate::transport::{Transport, UsageError};
@@ -154,17 +154,11 @@ impl Forwarder {
             None => tokio::sync::watch::channel(None).1,
         };
         let mut tunnels = JoinSet::new();
-        let mut signals_open = true;
         let sig = loop {
-            if let Some(sig) = *signals.borrow_and_update() {
-                break sig;
-            }
             tokio::select! {
                 biased;
-                changed = signals.changed(), if signals_open => {
-                    // Err: the signal source is gone; only the process's end stops us.
-                    signals_open = changed.is_ok();
-                }
+                // A signal source that is gone never fires: only the process's end stops us.
+                sig = signal_arrives(&mut signals) => break sig,
                 Some(_) = tunnels.join_next(), if !tunnels.is_empty() => {}
                 accepted = listener.accept(), if tunnels.len() < max_tunnels => match accepted {
                     Ok((tcp, peer)) => {
@@ -191,9 +185,7 @@ impl Forwarder {
                         tracing::warn!(target: "wsup::forward", %error, "accept failed");
                         tokio::select! {
                             _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
-                            changed = signals.changed(), if signals_open => {
-                                signals_open = changed.is_ok();
-                            }
+                            sig = signal_arrives(&mut signals) => break sig,
                         }
                     }
                 },

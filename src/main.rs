@@ -340,23 +340,14 @@ async fn first_token(prepared: &wsup::cli::Prepared) -> Result<(), u8> {
         return Ok(());
     };
     let mut signals = process_signals();
-    let signalled = async {
-        loop {
-            if let Some(sig) = *signals.borrow_and_update() {
-                return sig;
-            }
-            if signals.changed().await.is_err() {
-                // No signal thread: nothing will ever arrive.
-                std::future::pending::<()>().await;
-            }
-        }
-    };
     tokio::select! {
         result = command.first_run() => result.map_err(|e| {
             eprint_message("wsup", "error", &e.message);
             e.exit_code
         }),
-        sig = signalled => Err(finish(&Outcome::Signal(sig), &CredentialKind::Refreshable)),
+        sig = wsup::driver::signal_arrives(&mut signals) => {
+            Err(finish(&Outcome::Signal(sig), &CredentialKind::Refreshable))
+        }
     }
 }
 

@@ -38,7 +38,7 @@ mod timers;
 pub use connection::DRAIN_AFTER_WRITE_ERROR;
 use connection::{inbound_event, message_of, Conn, ConnEvent};
 use signals::no_signals;
-pub use signals::{process_signals, SignalWatch};
+pub use signals::{process_signals, signal_arrives, SignalWatch};
 use timers::Timers;
 
 /// Everything a supervisor needs to know, built by the CLI or by a library user.

@@ -84,7 +84,7 @@ fn forward_signals(
 
 /// Completes with the next SIGINT/SIGTERM (one that already arrived counts); never, if
 /// the signal source is gone.
-pub(super) async fn signal_arrives(signals: &mut SignalWatch) -> Sig {
+pub async fn signal_arrives(signals: &mut SignalWatch) -> Sig {
     loop {
         if let Some(sig) = *signals.borrow_and_update() {
             return sig;
