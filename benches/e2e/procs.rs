@@ -81,8 +81,15 @@ pub(crate) fn spawn_wsup_serve(script: &str) -> (Proc, SocketAddr) {
 
 /// `workers`: see [`wsup_command_with_workers`].
 pub(crate) fn spawn_wsup_serve_with(script: &str, workers: Option<usize>) -> (Proc, SocketAddr) {
-    let mut child = wsup_command_with_workers(workers)
-        .args(["serve", "--listen", "127.0.0.1:0", "--script", script])
+    let mut command = wsup_command_with_workers(workers);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--script", script]);
+    serve_until_listening(command)
+}
+
+/// Starts a prepared `wsup serve` command and reads the address from the URL it prints
+/// (ws:// or, with a certificate, wss://).
+fn serve_until_listening(mut command: Command) -> (Proc, SocketAddr) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -90,8 +97,9 @@ pub(crate) fn spawn_wsup_serve_with(script: &str, workers: Option<usize>) -> (Pr
     let stdout = child.stdout.take().expect("piped");
     let proc = Proc { child };
     let url = first_line(stdout, |l| {
-        l.trim()
-            .strip_prefix("ws://")
+        let l = l.trim();
+        l.strip_prefix("wss://")
+            .or_else(|| l.strip_prefix("ws://"))
             .map(|rest| rest.trim_end_matches('/').to_owned())
     })
     .expect("wsup serve prints its URL");
@@ -110,25 +118,14 @@ pub(crate) fn fixture(name: &str) -> PathBuf {
 /// port: (process, wss address).
 pub(crate) fn spawn_wsup_serve_tls(script: &str, workers: Option<usize>) -> (Proc, SocketAddr) {
     let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
-    let mut child = wsup_command_with_workers(workers)
+    let mut command = wsup_command_with_workers(workers);
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--script", script])
         .arg("--tls-cert")
         .arg(cert)
         .arg("--tls-key")
-        .arg(key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn wsup serve --tls-cert");
-    let stdout = child.stdout.take().expect("piped");
-    let proc = Proc { child };
-    let url = first_line(stdout, |l| {
-        l.trim()
-            .strip_prefix("wss://")
-            .map(|rest| rest.trim_end_matches('/').to_owned())
-    })
-    .expect("wsup serve prints its URL");
-    (proc, url.parse().expect("host:port"))
+        .arg(key);
+    serve_until_listening(command)
 }
 
 /// `wsup port-forward ws://SERVER/ --listen 127.0.0.1:0`: (process, listen address).
