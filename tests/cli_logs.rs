@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{Wsup, BOUND, FAST};
+use support::{serve, stop_serve, Wsup, BOUND, FAST};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -111,18 +111,6 @@ fn logs(url: &str, tz: &str, extra: &[&str]) -> Wsup {
     command.args(["logs", url]).args(FAST).args(extra);
     command.env("TZ", tz);
     Wsup::spawn_command(command)
-}
-
-async fn serve(script: &str) -> (Wsup, String) {
-    let serve = Wsup::spawn(["serve", "--listen", "127.0.0.1:0", "--script", script]);
-    let url = serve.first_stdout_line().await;
-    assert!(url.starts_with("ws://127.0.0.1:"), "serve printed {url:?}");
-    (serve, url)
-}
-
-async fn stop_serve(serve: Wsup) {
-    serve.signal("TERM");
-    serve.finish().await.assert_code(143);
 }
 
 // ----------------------------------------------------------- against `wsup serve`

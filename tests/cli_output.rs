@@ -11,7 +11,7 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{Behaviour, Server, Wsup, FAST};
+use support::{serve, stop_serve, Behaviour, Server, Wsup, FAST};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A stdout (or stderr) on which every write fails with ENOSPC.
@@ -28,18 +28,6 @@ fn spawn_with_stdout(args: &[&str], stdout: Stdio) -> Wsup {
     let mut command = support::wsup_command();
     command.args(args).args(FAST).stdout(stdout);
     Wsup::spawn_command(command)
-}
-
-async fn serve(script: &str) -> (Wsup, String) {
-    let serve = Wsup::spawn(["serve", "--listen", "127.0.0.1:0", "--script", script]);
-    let url = serve.first_stdout_line().await;
-    assert!(url.starts_with("ws://127.0.0.1:"), "serve printed {url:?}");
-    (serve, url)
-}
-
-async fn stop_serve(serve: Wsup) {
-    serve.signal("TERM");
-    serve.finish().await.assert_code(143);
 }
 
 /// Reads one line from a blocking pipe, off the async threads.

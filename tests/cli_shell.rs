@@ -17,7 +17,7 @@ use rustix::termios::{self, LocalModes, Winsize};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use support::{Wsup, BOUND};
+use support::{serve, Wsup, BOUND};
 
 /// A pseudo-terminal: the master (the emulator's side) and the slave (wsup's terminal).
 struct Pty {
@@ -227,14 +227,6 @@ fn read_screen(master: OwnedFd) -> watch::Receiver<Screen> {
         tx.send_modify(|shown| shown.closed = true);
     });
     rx
-}
-
-/// `wsup serve --script SCRIPT` on a free port; returns it and its URL.
-async fn serve(script: &str) -> (Wsup, String) {
-    let server = Wsup::spawn(["serve", "--listen", "127.0.0.1:0", "--script", script]);
-    let url = server.first_stdout_line().await;
-    assert!(url.starts_with("ws://"), "serve printed {url:?}");
-    (server, url)
 }
 
 fn assert_raw(pty: &Pty) {

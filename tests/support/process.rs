@@ -227,6 +227,20 @@ async fn wait_in(
     }
 }
 
+/// `wsup serve --script SCRIPT` on a free loopback port; returns it and its URL.
+pub async fn serve(script: &str) -> (Wsup, String) {
+    let serve = Wsup::spawn(["serve", "--listen", "127.0.0.1:0", "--script", script]);
+    let url = serve.first_stdout_line().await;
+    assert!(url.starts_with("ws://127.0.0.1:"), "serve printed {url:?}");
+    (serve, url)
+}
+
+/// Stops a `wsup serve` from [`serve`] with SIGTERM: a clean shutdown, exit 143.
+pub async fn stop_serve(serve: Wsup) {
+    serve.signal("TERM");
+    serve.finish().await.assert_code(143);
+}
+
 /// `kill -s SIGNAL PID`; returns the instant just before `kill` was started.
 pub fn send_signal(pid: u32, signal: &str) -> Instant {
     let before = Instant::now();
