@@ -12,6 +12,14 @@ fn machine(config: MachineConfig) -> Machine {
     )
 }
 
+/// A machine that has started and whose first dial succeeded (its effects dropped).
+fn connected(config: MachineConfig) -> Machine {
+    let mut m = machine(config);
+    m.handle(Event::Start);
+    m.handle(Event::DialSucceeded);
+    m
+}
+
 fn refused() -> Failure {
     Failure::Network {
         kind: NetworkKind::Refused,
@@ -76,9 +84,7 @@ fn connected_arms_ping_liveness_and_stable_timers() {
 
 #[test]
 fn frames_are_delivered_and_feed_liveness() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::Received(Payload::Text("hi".into())));
     assert_eq!(
         fx,
@@ -99,9 +105,7 @@ fn frames_are_delivered_and_feed_liveness() {
 
 #[test]
 fn liveness_is_held_while_reads_are_paused_and_rearmed_whole_on_resume() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     assert_eq!(
         m.handle(Event::ReadsPaused),
         vec![Effect::CancelTimer(TimerKind::Liveness)]
@@ -140,9 +144,7 @@ fn a_pause_that_outlasts_the_connection_holds_the_next_ones_liveness() {
 
 #[test]
 fn ping_timer_sends_a_ping_and_rearms() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::Timer(TimerKind::Ping));
     assert_eq!(
         fx,
@@ -183,9 +185,7 @@ fn transient_failure_backs_off_within_the_window_then_redials() {
 
 #[test]
 fn close_1000_ends_with_exit_0() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::Closed(close(1000, "bye")));
     assert_eq!(exit_of(&fx), Some(&Outcome::Done));
     assert_eq!(Outcome::Done.exit_code(), 0);
@@ -364,9 +364,7 @@ fn retry_after_sets_the_floor() {
 
 #[test]
 fn liveness_timeout_closes_and_backs_off() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::Timer(TimerKind::Liveness));
     assert!(matches!(
         fx.first(),
@@ -402,9 +400,7 @@ fn signals_terminate_from_every_state_with_their_exit_codes() {
 
 #[test]
 fn signal_while_connected_sends_a_close_frame_first() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::Signal(Sig::Terminate));
     assert_eq!(
         fx.first(),
@@ -418,9 +414,7 @@ fn signal_while_connected_sends_a_close_frame_first() {
 
 #[test]
 fn ctrl_c_is_forwarded_while_connected_and_quits_while_offline() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::UserInterrupt);
     assert_eq!(fx, vec![Effect::Send(Payload::Binary(vec![CTRL_C].into()))]);
     m.handle(Event::Closed(close(1011, "agent gone")));
@@ -438,9 +432,7 @@ fn no_linger() -> MachineConfig {
 
 #[test]
 fn local_eof_lingers_while_the_server_answers_then_closes() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::LocalEof);
     assert_eq!(
         fx,
@@ -485,9 +477,7 @@ fn a_rejection_while_closing_keeps_its_class() {
         (close(1001, ""), 0),
         (close(1005, ""), 0),
     ] {
-        let mut m = machine(MachineConfig::default());
-        m.handle(Event::Start);
-        m.handle(Event::DialSucceeded);
+        let mut m = connected(MachineConfig::default());
         m.handle(Event::LocalEof);
         let fx = m.handle(Event::Closed(failure.clone()));
         assert_eq!(
@@ -500,16 +490,12 @@ fn a_rejection_while_closing_keeps_its_class() {
 
 #[test]
 fn a_transient_end_while_closing_is_done_only_when_nothing_was_left_unsent() {
-    let mut m = machine(no_linger());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(no_linger());
     m.handle(Event::LocalEof);
     let fx = m.handle(Event::Closed(close(1012, "restart")));
     assert_eq!(exit_of(&fx), Some(&Outcome::Done));
 
-    let mut m = machine(no_linger());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(no_linger());
     m.handle(Event::LocalEof);
     m.set_outbound_pending(true);
     let fx = m.handle(Event::Closed(close(1012, "restart")));
@@ -522,9 +508,7 @@ fn a_transient_end_while_closing_is_done_only_when_nothing_was_left_unsent() {
 
 #[test]
 fn local_eof_without_linger_closes_then_waits_for_the_server() {
-    let mut m = machine(no_linger());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(no_linger());
     let fx = m.handle(Event::LocalEof);
     assert_eq!(
         fx,
@@ -542,9 +526,7 @@ fn local_eof_without_linger_closes_then_waits_for_the_server() {
 
 #[test]
 fn nothing_more_is_sent_after_our_close_frame() {
-    let mut m = machine(no_linger());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(no_linger());
     m.handle(Event::LocalEof);
     assert!(m.handle(Event::UserInterrupt).is_empty());
     let fx = m.handle(Event::Timer(TimerKind::Liveness));
@@ -558,9 +540,7 @@ fn nothing_more_is_sent_after_our_close_frame() {
 
 #[test]
 fn local_eof_without_an_answer_ends_after_the_grace_period() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     m.handle(Event::LocalEof);
     m.handle(Event::Timer(TimerKind::Linger));
     let fx = m.handle(Event::Timer(TimerKind::CloseGrace));
@@ -570,9 +550,7 @@ fn local_eof_without_an_answer_ends_after_the_grace_period() {
 #[test]
 fn output_failure_closes_1001_and_exits_74() {
     let lost = Outcome::OutputLost(OutputLoss::WriteFailed("disk full".into()));
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::OutputFailed("disk full".into()));
     assert_eq!(
         fx.first(),
@@ -587,12 +565,10 @@ fn output_failure_closes_1001_and_exits_74() {
     let fx = m.handle(Event::OutputFailed("disk full".into()));
     assert_eq!(fx.last(), Some(&Effect::Exit(lost.clone())));
     // (Our close already sent: `--linger 0` sends it at stdin EOF.)
-    let mut m = machine(MachineConfig {
+    let mut m = connected(MachineConfig {
         linger: Duration::ZERO,
         ..MachineConfig::default()
     });
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
     m.handle(Event::LocalEof);
     let fx = m.handle(Event::OutputFailed("disk full".into()));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Close(..))), "{fx:?}");
@@ -601,17 +577,13 @@ fn output_failure_closes_1001_and_exits_74() {
 
 #[test]
 fn a_normal_close_by_the_server_is_said_but_not_the_answer_to_ours() {
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::Closed(close(1000, "bye")));
     assert!(fx.contains(&Effect::Notify(Notice::ServerClosed {
         code: 1000,
         reason: "bye".into()
     })));
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     m.handle(Event::LocalEof);
     let fx = m.handle(Event::Closed(close(1000, "")));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Notify(_))), "{fx:?}");
@@ -619,12 +591,10 @@ fn a_normal_close_by_the_server_is_said_but_not_the_answer_to_ours() {
 
 #[test]
 fn tunnel_mode_does_not_redial_after_connected() {
-    let mut m = machine(MachineConfig {
+    let mut m = connected(MachineConfig {
         redial_after_connected: false,
         ..MachineConfig::default()
     });
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
     let fx = m.handle(Event::Closed(close(1011, "")));
     assert!(!fx.contains(&Effect::Dial));
     assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(75));
@@ -681,9 +651,7 @@ fn permanent_failures_stop_with_their_codes() {
 #[test]
 fn input_rejected_closes_1001_and_stops_with_65_in_any_running_state() {
     let rejected = Failure::InputRejected("a stdin line is longer than 1 KiB".into());
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     let fx = m.handle(Event::InputRejected(rejected.clone()));
     assert!(
         matches!(fx.first(), Some(Effect::Close(CLOSE_GOING_AWAY, _))),
@@ -721,9 +689,7 @@ fn local_gone_ends_at_once_while_offline_and_is_ignored_once_connected() {
     assert_eq!(exit_of(&fx), Some(&Outcome::Done));
     assert!(!fx.contains(&Effect::Dial));
     // Connected: the session's end of input closes normally instead.
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     assert!(m.handle(Event::LocalGone).is_empty());
     assert!(m.is_connected());
 }
@@ -740,9 +706,7 @@ fn host_not_found_stops_before_a_connection_and_is_retried_after_one() {
     assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(69), "{fx:?}");
 
     // Once a connection has succeeded, the same failure of a redial backs off.
-    let mut m = machine(MachineConfig::default());
-    m.handle(Event::Start);
-    m.handle(Event::DialSucceeded);
+    let mut m = connected(MachineConfig::default());
     m.handle(Event::Closed(close(1012, "")));
     m.handle(Event::Timer(TimerKind::Backoff));
     let fx = m.handle(Event::DialFailed(not_found));
