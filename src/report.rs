@@ -74,9 +74,10 @@ pub fn outcome_line(outcome: &Outcome, creds: &CredentialKind) -> Option<String>
         Outcome::Signal(Sig::Terminate) => "terminated (SIGTERM)".into(),
         Outcome::Interrupted => "interrupted (Ctrl+C while not connected)".into(),
         Outcome::RetriesExhausted { failure, retries } => format!(
-            "{failure} [{}]: giving up after {retries} {}; the server may be down or unreachable: try again later, or raise --max-retries",
+            "{failure} [{}]: giving up after {retries} {}; the {} may be down or unreachable: try again later, or raise --max-retries",
             Class::Transient.describe(),
             if *retries == 1 { "retry" } else { "retries" },
+            if matches!(failure, Failure::Proxy { .. }) { "proxy" } else { "server" },
         ),
         Outcome::Stopped {
             class: Class::Auth,
