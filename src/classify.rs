@@ -81,8 +81,8 @@ pub enum ProxyFailure {
     /// TLS to an `https://` proxy failed (its certificate is not trusted, …): permanent.
     Tls(String),
     /// The proxy answered `CONNECT` with a status other than 2xx: 407 is auth (the proxy
-    /// URL's credentials, which a token refresh cannot fix), 5xx transient, anything
-    /// else permanent. `credentials_sent`: whether a `Proxy-Authorization` was sent.
+    /// URL's credentials, which a token refresh cannot fix; so is 401, which some proxies
+    /// send instead), 5xx transient, anything else permanent. `credentials_sent`: whether a `Proxy-Authorization` was sent.
     Status { status: u16, credentials_sent: bool },
     /// The proxy's answer is not HTTP, or its head is over the size limit: permanent.
     Malformed(String),
@@ -269,7 +269,11 @@ fn classify_proxy(failure: &ProxyFailure, has_connected: bool) -> Class {
             ..
         } if !has_connected => Class::Permanent,
         ProxyFailure::Unreachable { .. } => Class::Transient,
-        ProxyFailure::Status { status: 407, .. } => Class::Auth,
+        // The server never saw the request: a 401 from the proxy (tinyproxy 1.11 sends it
+        // instead of 407 when its BasicAuth fails) is about the proxy's credentials too.
+        ProxyFailure::Status {
+            status: 401 | 407, ..
+        } => Class::Auth,
         ProxyFailure::Status {
             status: 500..=599, ..
         } => Class::Transient,
@@ -587,6 +591,7 @@ mod tests {
             "{refused}"
         );
         assert_eq!(rules.classify(&status(407)), Class::Auth);
+        assert_eq!(rules.classify(&status(401)), Class::Auth);
         assert_eq!(Class::Auth.exit_code(), 77);
         assert!(!status(407).refresh_may_help());
         assert_eq!(

@@ -65,7 +65,9 @@ pub(crate) fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Clas
             ProxyFailure::Unreachable { kind, .. } if *kind != NetworkKind::HostNotFound => {
                 Class::Transient
             }
-            ProxyFailure::Status { status: 407, .. } => Class::Auth,
+            ProxyFailure::Status {
+                status: 401 | 407, ..
+            } => Class::Auth,
             ProxyFailure::Status {
                 status: 502..=504, ..
             } => Class::Transient,
