@@ -102,6 +102,34 @@ async fn wss_through_the_proxy_runs_tls_to_the_server_inside_the_tunnel() {
 }
 
 #[tokio::test]
+async fn an_https_proxy_gets_tls_too_trusting_the_ca_cert() {
+    let (server, url) = serve("echo").await;
+    let proxy = Proxy::start_tls(vec![ProxyStep::Tunnel]).await;
+    assert!(proxy.url().starts_with("https://"));
+    let proxy_url = proxy.url_with_userinfo("alice:tls-secret");
+    echo_once(connect(
+        &url,
+        &["--proxy", &proxy_url, "--ca-cert", &fixture("ca.pem")],
+    ))
+    .await;
+    let requests = proxy.requests();
+    assert_eq!(
+        requests[0].line,
+        format!("CONNECT {} HTTP/1.1", authority(&url))
+    );
+    assert_eq!(
+        requests[0].header("proxy-authorization"),
+        Some(format!("Basic {}", base64("alice:tls-secret")).as_str())
+    );
+    // Without the CA the proxy's certificate is not trusted: permanent, naming the proxy.
+    let done = connect(&url, &["--proxy", &proxy.url()]).finish().await;
+    done.assert_code(69)
+        .assert_stderr_contains(&format!("TLS to proxy {} failed", proxy.url()))
+        .assert_stderr_contains("--ca-cert");
+    stop_serve(server).await;
+}
+
+#[tokio::test]
 async fn http_proxy_variable_carries_ws_to_a_name_only_the_proxy_resolves() {
     let (server, url) = serve("echo").await;
     let port = authority(&url).rsplit_once(':').unwrap().1.to_string();

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -46,6 +46,7 @@ impl ProxyRequest {
 
 pub struct Proxy {
     port: u16,
+    scheme: &'static str,
     requests: watch::Receiver<Vec<ProxyRequest>>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -58,7 +59,29 @@ impl Drop for Proxy {
 
 impl Proxy {
     pub async fn start(script: Vec<ProxyStep>) -> Proxy {
+        Proxy::start_with(script, None).await
+    }
+
+    /// An `https://` proxy: TLS (the `localhost` test certificate, signed by
+    /// `tests/fixtures/ca.pem`) before the `CONNECT`.
+    pub async fn start_tls(script: Vec<ProxyStep>) -> Proxy {
+        let fixture = |name: &str| {
+            std::path::PathBuf::from(format!(
+                "{}/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+        };
+        let acceptor = wsup::serve::tls_acceptor(
+            &fixture("localhost-cert.pem"),
+            &fixture("localhost-key.pem"),
+        )
+        .expect("the test certificate");
+        Proxy::start_with(script, Some(acceptor)).await
+    }
+
+    async fn start_with(script: Vec<ProxyStep>, tls: Option<tokio_rustls::TlsAcceptor>) -> Proxy {
         assert!(!script.is_empty());
+        let tls_used = tls.is_some();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the proxy");
@@ -77,11 +100,20 @@ impl Proxy {
                     *n += 1;
                     step
                 };
-                tokio::spawn(serve_one(client, step, record.clone()));
+                let record = record.clone();
+                match tls.clone() {
+                    None => drop(tokio::spawn(serve_one(client, step, record))),
+                    Some(acceptor) => drop(tokio::spawn(async move {
+                        if let Ok(client) = acceptor.accept(client).await {
+                            serve_one(client, step, record).await;
+                        }
+                    })),
+                }
             }
         });
         Proxy {
             port,
+            scheme: if tls_used { "https" } else { "http" },
             requests,
             accept,
         }
@@ -95,14 +127,14 @@ impl Proxy {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` for [`Proxy::start_tls`])
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     /// `http://USERINFO@127.0.0.1:PORT`
     pub fn url_with_userinfo(&self, userinfo: &str) -> String {
-        format!("http://{userinfo}@127.0.0.1:{}", self.port)
+        format!("{}://{userinfo}@127.0.0.1:{}", self.scheme, self.port)
     }
 
     pub fn requests(&self) -> Vec<ProxyRequest> {
@@ -123,8 +155,8 @@ impl Proxy {
     }
 }
 
-async fn serve_one(
-    mut client: TcpStream,
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: S,
     step: ProxyStep,
     record: Arc<watch::Sender<Vec<ProxyRequest>>>,
 ) {
@@ -172,7 +204,7 @@ async fn serve_one(
 }
 
 /// The request head, up to 64 KiB.
-async fn read_request(client: &mut TcpStream) -> Option<ProxyRequest> {
+async fn read_request<S: AsyncRead + Unpin>(client: &mut S) -> Option<ProxyRequest> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
