@@ -389,18 +389,26 @@ async fn the_token_endpoint_takes_the_same_proxy_and_trusts_the_ca_cert() {
     });
     std::fs::write(&path, credentials.to_string()).unwrap();
     let proxy = Proxy::always(ProxyStep::Tunnel).await;
-    echo_once(connect(
-        &url,
-        &[
-            "--proxy",
-            &proxy.url(),
-            "--ca-cert",
-            &fixture("ca.pem"),
-            "--credentials",
-            path.to_str().unwrap(),
-        ],
-    ))
-    .await;
+    let secret = "s3cret-proxy-pw";
+    let proxy_url = proxy.url_with_userinfo(&format!("user:{secret}"));
+    let mut command = wsup_command();
+    command
+        .args(["connect", &url, "-vvv", "--proxy", &proxy_url])
+        .args(["--ca-cert", &fixture("ca.pem")])
+        .args(["--credentials", path.to_str().unwrap()])
+        .env("WSUP_LOG", "trace");
+    let done = echo_once(Wsup::spawn_command(command)).await;
+    // Neither reqwest's nor wsup's trace shows the proxy's credentials.
+    done.assert_stderr_lacks(secret)
+        .assert_stderr_lacks(&base64(&format!("user:{secret}")));
+    let encoded = base64(&format!("user:{secret}"));
+    for request in proxy.requests() {
+        assert_eq!(
+            request.header("proxy-authorization"),
+            Some(format!("Basic {encoded}").as_str()),
+            "both legs send the proxy credentials"
+        );
+    }
     let lines: Vec<String> = proxy.requests().into_iter().map(|r| r.line).collect();
     // The refresh before the first dial, then the websocket: both through the proxy.
     assert_eq!(
