@@ -61,6 +61,31 @@ pub enum Failure {
         offered: Vec<String>,
         answer: String,
     },
+    /// The HTTP proxy did not open the tunnel (`CONNECT`) to the server. `proxy` is the
+    /// proxy's URL without its credentials: notices name the proxy, not the target.
+    Proxy {
+        proxy: String,
+        failure: ProxyFailure,
+        /// The proxy's `Retry-After` (502, 503, 504), already converted to a delay.
+        retry_after: Option<Duration>,
+    },
+}
+
+/// How the proxy leg of a dial failed (see [`Failure::Proxy`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyFailure {
+    /// No tunnel because the proxy could not be reached or went away: refused, reset,
+    /// closed, timed out, its name not resolved. Transient, except a proxy host name that
+    /// does not exist before any connection of the session succeeded (as for the server).
+    Unreachable { kind: NetworkKind, detail: String },
+    /// TLS to an `https://` proxy failed (its certificate is not trusted, …): permanent.
+    Tls(String),
+    /// The proxy answered `CONNECT` with a status other than 2xx: 407 is auth (the proxy
+    /// URL's credentials, which a token refresh cannot fix; so is 401, which some proxies
+    /// send instead), 5xx transient, anything else permanent. `credentials_sent`: whether a `Proxy-Authorization` was sent.
+    Status { status: u16, credentials_sent: bool },
+    /// The proxy's answer is not HTTP, or its head is over the size limit: permanent.
+    Malformed(String),
 }
 
 /// Which part of the network failed. All of them are transient except the last three: a
@@ -178,6 +203,7 @@ impl ClassifyRules {
             } => Class::Transient,
             Failure::TokenCommand { .. } => Class::Auth,
             Failure::Subprotocol { .. } => Class::Permanent,
+            Failure::Proxy { failure, .. } => classify_proxy(failure, has_connected),
         }
     }
 
@@ -232,6 +258,28 @@ pub fn classify_http(status: u16) -> Class {
         300..=499 => Class::Permanent,
         // 1xx other than 101, 2xx: the server did not upgrade and never will.
         _ => Class::Permanent,
+    }
+}
+
+/// The proxy leg: DESIGN.md's proxy rows.
+fn classify_proxy(failure: &ProxyFailure, has_connected: bool) -> Class {
+    match failure {
+        ProxyFailure::Unreachable {
+            kind: NetworkKind::HostNotFound,
+            ..
+        } if !has_connected => Class::Permanent,
+        ProxyFailure::Unreachable { .. } => Class::Transient,
+        // The server never saw the request: a 401 from the proxy (tinyproxy 1.11 sends it
+        // instead of 407 when its BasicAuth fails) is about the proxy's credentials too.
+        ProxyFailure::Status {
+            status: 401 | 407, ..
+        } => Class::Auth,
+        ProxyFailure::Status {
+            status: 500..=599, ..
+        } => Class::Transient,
+        ProxyFailure::Status { .. } | ProxyFailure::Tls(_) | ProxyFailure::Malformed(_) => {
+            Class::Permanent
+        }
     }
 }
 
@@ -395,6 +443,45 @@ impl fmt::Display for Failure {
                     escape_untrusted(&offered)
                 )
             }
+            Failure::Proxy { proxy, failure, .. } => {
+                let proxy = escape_untrusted(proxy);
+                match failure {
+                    ProxyFailure::Unreachable {
+                        kind: NetworkKind::HostNotFound,
+                        detail,
+                    } => write!(
+                        f,
+                        "proxy {proxy}: host not found: {}",
+                        escape_untrusted(detail)
+                    ),
+                    ProxyFailure::Unreachable { kind, detail } => write!(
+                        f,
+                        "proxy {proxy} unreachable: {}",
+                        Failure::Network {
+                            kind: *kind,
+                            detail: detail.clone()
+                        }
+                    ),
+                    ProxyFailure::Tls(detail) => write!(
+                        f,
+                        "TLS to proxy {proxy} failed: {}",
+                        escape_untrusted(detail)
+                    ),
+                    ProxyFailure::Status { status, .. } => write!(
+                        f,
+                        "proxy {proxy} answered HTTP {status} {} to CONNECT",
+                        http::StatusCode::from_u16(*status)
+                            .ok()
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("")
+                    ),
+                    ProxyFailure::Malformed(detail) => write!(
+                        f,
+                        "proxy {proxy} did not answer CONNECT as an HTTP proxy: {}",
+                        escape_untrusted(detail)
+                    ),
+                }
+            }
         }
     }
 }
@@ -411,9 +498,9 @@ impl Failure {
     /// A floor for the next backoff delay the server asked for.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Failure::Http { retry_after, .. } | Failure::Refresh { retry_after, .. } => {
-                *retry_after
-            }
+            Failure::Http { retry_after, .. }
+            | Failure::Refresh { retry_after, .. }
+            | Failure::Proxy { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -436,7 +523,21 @@ impl Failure {
             Failure::CannotCreate(_) => "cannot create".into(),
             Failure::TokenCommand { .. } => "token command".into(),
             Failure::Subprotocol { .. } => "subprotocol".into(),
+            Failure::Proxy { failure, .. } => match failure {
+                ProxyFailure::Unreachable { kind, .. } => {
+                    format!("proxy {}", format!("{kind:?}").to_ascii_lowercase())
+                }
+                ProxyFailure::Tls(_) => "proxy tls".into(),
+                ProxyFailure::Status { status, .. } => format!("proxy {status}"),
+                ProxyFailure::Malformed(_) => "proxy malformed".into(),
+            },
         }
+    }
+
+    /// Whether refreshing the token can cure this failure: not a proxy's 407, which is
+    /// about the proxy URL's credentials, not the server's token.
+    pub fn refresh_may_help(&self) -> bool {
+        !matches!(self, Failure::Proxy { .. })
     }
 }
 
@@ -456,6 +557,87 @@ mod tests {
             status,
             retry_after: None,
         })
+    }
+
+    #[test]
+    fn proxy_rows_name_the_proxy() {
+        let proxy = |failure: ProxyFailure, retry_after: Option<Duration>| Failure::Proxy {
+            proxy: "http://proxy.example:3128".into(),
+            failure,
+            retry_after,
+        };
+        let status = |status: u16| {
+            proxy(
+                ProxyFailure::Status {
+                    status,
+                    credentials_sent: true,
+                },
+                None,
+            )
+        };
+        let rules = ClassifyRules::default();
+        let refused = proxy(
+            ProxyFailure::Unreachable {
+                kind: NetworkKind::Refused,
+                detail: "127.0.0.1:3128: refused".into(),
+            },
+            None,
+        );
+        assert_eq!(rules.classify(&refused), Class::Transient);
+        assert!(
+            refused
+                .to_string()
+                .starts_with("proxy http://proxy.example:3128 unreachable: connection refused"),
+            "{refused}"
+        );
+        assert_eq!(rules.classify(&status(407)), Class::Auth);
+        assert_eq!(rules.classify(&status(401)), Class::Auth);
+        assert_eq!(Class::Auth.exit_code(), 77);
+        assert!(!status(407).refresh_may_help());
+        assert_eq!(
+            status(407).to_string(),
+            "proxy http://proxy.example:3128 answered HTTP 407 Proxy Authentication Required to CONNECT"
+        );
+        for permanent in [400, 403, 404, 405, 302] {
+            assert_eq!(
+                rules.classify(&status(permanent)),
+                Class::Permanent,
+                "{permanent}"
+            );
+        }
+        for transient in [500, 502, 503, 504] {
+            assert_eq!(
+                rules.classify(&status(transient)),
+                Class::Transient,
+                "{transient}"
+            );
+        }
+        let busy = proxy(
+            ProxyFailure::Status {
+                status: 503,
+                credentials_sent: false,
+            },
+            Some(Duration::from_secs(7)),
+        );
+        assert_eq!(busy.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(busy.label(), "proxy 503");
+        let unknown = proxy(
+            ProxyFailure::Unreachable {
+                kind: NetworkKind::HostNotFound,
+                detail: "proxy.example".into(),
+            },
+            None,
+        );
+        assert_eq!(rules.classify_in_session(&unknown, false), Class::Permanent);
+        assert_eq!(rules.classify_in_session(&unknown, true), Class::Transient);
+        assert_eq!(
+            rules.classify(&proxy(ProxyFailure::Tls("x".into()), None)),
+            Class::Permanent
+        );
+        assert_eq!(
+            rules.classify(&proxy(ProxyFailure::Malformed("x".into()), None)),
+            Class::Permanent
+        );
     }
 
     #[test]

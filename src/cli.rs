@@ -271,6 +271,15 @@ pub struct CommonArgs {
     /// offers it [default: none offered].
     #[arg(long = "subprotocol", global = true, value_name = "NAME", value_parser = parse_subprotocol)]
     pub subprotocols: Vec<String>,
+    /// Reach the server (and the token endpoint) through this HTTP proxy, with CONNECT:
+    /// http://USER:PASSWORD@HOST:PORT (credentials optional, port 1080 by default), or
+    /// https://… for TLS to the proxy. Overrides HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, and applies
+    /// to loopback targets too [default: from those variables, as curl reads them].
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "no_proxy")]
+    pub proxy: Option<String>,
+    /// Connect directly: ignore HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY.
+    #[arg(long, global = true)]
+    pub no_proxy: bool,
 }
 
 /// The largest `--on-connect-file` read: the messages are kept in memory and resent on
@@ -381,6 +390,30 @@ fn check_token_url(
     }
 }
 
+impl CommonArgs {
+    /// `--ca-cert`'s certificates, trusted by the websocket and the token endpoint alike.
+    pub fn extra_ca_certs(
+        &self,
+    ) -> Result<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>, UsageError> {
+        match &self.ca_cert {
+            Some(path) => transport::load_ca_certs(path),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The proxy decision of `--proxy`, `--no-proxy` or the environment: one for the
+    /// websocket and the token endpoint alike.
+    pub fn proxies(&self) -> Result<transport::Proxies, UsageError> {
+        if self.no_proxy {
+            return Ok(transport::Proxies::direct());
+        }
+        match &self.proxy {
+            Some(url) => transport::Proxies::forced(url),
+            None => Ok(transport::Proxies::from_env()),
+        }
+    }
+}
+
 /// What a supervised subcommand needs, validated.
 pub struct Prepared {
     pub config: Config,
@@ -430,9 +463,20 @@ impl CommonArgs {
             }
             None => match &self.credentials {
                 Some(path) => {
-                    let file = CredentialsFile::load(path, &self.auth_scheme)
+                    let proxies = self.proxies()?;
+                    let settings = crate::credentials::TokenEndpointSettings {
+                        extra_ca_certs: self.extra_ca_certs()?,
+                        proxies: proxies.clone(),
+                    };
+                    let file = CredentialsFile::load_with(path, &self.auth_scheme, settings)
                         .map_err(|e| UsageError::Invalid(e.to_string()))?;
                     check_token_url(path, file.token_url().as_deref(), self.allow_insecure)?;
+                    if let Some(token_url) = file.token_url() {
+                        // Checked by check_token_url to be an http(s) URL.
+                        if let Ok(token_url) = url::Url::parse(&token_url) {
+                            proxies.proxy_for(&token_url)?;
+                        }
+                    }
                     Arc::new(file)
                 }
                 None => Arc::new(Anonymous),
@@ -449,10 +493,7 @@ impl CommonArgs {
                 .iter()
                 .any(|(name, _)| transport::is_credential_header(name));
         transport::check_secure_for_credentials(&url, sends_credentials, self.allow_insecure)?;
-        let extra_ca_certs = match &self.ca_cert {
-            Some(path) => transport::load_ca_certs(path)?,
-            None => Vec::new(),
-        };
+        let extra_ca_certs = self.extra_ca_certs()?;
         if self.backoff_initial > self.backoff_max {
             return Err(UsageError::Invalid(format!(
                 "--backoff-initial ({}) is larger than --backoff-max ({})",
@@ -470,6 +511,10 @@ impl CommonArgs {
             }
         }
         let on_connect = self.on_connect_messages()?;
+        let proxies = self.proxies()?;
+        // A proxy variable that cannot be used is a usage error only for a target that
+        // would go through it; checked here, before anything is dialed.
+        proxies.proxy_for(&url)?;
         let config = Config {
             url,
             on_connect,
@@ -478,6 +523,7 @@ impl CommonArgs {
                 connect_timeout: self.connect_timeout,
                 extra_ca_certs,
                 subprotocols: self.subprotocols.clone(),
+                proxies,
                 ..TransportConfig::default()
             },
             machine: MachineConfig {

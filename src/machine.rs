@@ -789,7 +789,11 @@ impl Supervision {
                 State::terminated(Outcome::Done)
             }
             Class::Transient => self.retry_later(context, failure, guards, Resume::Dial),
-            Class::Auth if context.creds.refreshable && !guards.refreshed_in_streak => {
+            Class::Auth
+                if context.creds.refreshable
+                    && !guards.refreshed_in_streak
+                    && failure.refresh_may_help() =>
+            {
                 guards.refreshed_in_streak = true;
                 context.push(Effect::Notify(Notice::Refreshing {
                     reason: RefreshReason::Rejected,

@@ -43,6 +43,25 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "When set, log lines carry no ANSI colours even on a terminal.",
     ),
     (
+        "https_proxy, HTTPS_PROXY",
+        "The HTTP proxy for wss:// targets and an https:// token endpoint (CONNECT; \
+         http://USER:PASSWORD@HOST:PORT). Not read with --proxy or --no-proxy.",
+    ),
+    (
+        "http_proxy, HTTP_PROXY",
+        "The HTTP proxy for ws:// targets and an http:// token endpoint (HTTP_PROXY is \
+         ignored when REQUEST_METHOD is set).",
+    ),
+    (
+        "all_proxy, ALL_PROXY",
+        "The proxy for a scheme whose own variable is not set.",
+    ),
+    (
+        "no_proxy, NO_PROXY",
+        "Targets that bypass the proxy: host names, domain suffixes, IP addresses, CIDR \
+         ranges, or *. Loopback targets always do.",
+    ),
+    (
         "TOKIO_WORKER_THREADS",
         "Worker threads of the async runtime (default 1: wsup is I/O-bound).",
     ),

@@ -5,7 +5,7 @@
 //! [`crate::classify::escape_untrusted`]) by `Failure`'s `Display`.
 
 use crate::classify::escape_untrusted;
-use crate::classify::{Class, Failure};
+use crate::classify::{Class, Failure, ProxyFailure};
 use crate::machine::{Notice, Outcome, OutputLoss, RefreshReason, Sig};
 use std::time::Duration;
 
@@ -74,9 +74,10 @@ pub fn outcome_line(outcome: &Outcome, creds: &CredentialKind) -> Option<String>
         Outcome::Signal(Sig::Terminate) => "terminated (SIGTERM)".into(),
         Outcome::Interrupted => "interrupted (Ctrl+C while not connected)".into(),
         Outcome::RetriesExhausted { failure, retries } => format!(
-            "{failure} [{}]: giving up after {retries} {}; the server may be down or unreachable: try again later, or raise --max-retries",
+            "{failure} [{}]: giving up after {retries} {}; the {} may be down or unreachable: try again later, or raise --max-retries",
             Class::Transient.describe(),
             if *retries == 1 { "retry" } else { "retries" },
+            if matches!(failure, Failure::Proxy { .. }) { "proxy" } else { "server" },
         ),
         Outcome::Stopped {
             class: Class::Auth,
@@ -194,6 +195,23 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
         (Class::Auth, Failure::TokenCommand { .. }) => {
             "the token command gave no token: fix what it reports (a login, typically), then run wsup again".into()
         }
+        (
+            Class::Auth,
+            Failure::Proxy {
+                proxy,
+                failure: ProxyFailure::Status {
+                    credentials_sent, ..
+                },
+                ..
+            },
+        ) => {
+            let proxy = escape_untrusted(proxy);
+            if *credentials_sent {
+                format!("the proxy {proxy} rejected the credentials in the proxy URL: check the user and password in http://USER:PASSWORD@HOST:PORT (--proxy, or HTTPS_PROXY / HTTP_PROXY / ALL_PROXY)")
+            } else {
+                format!("the proxy {proxy} wants credentials and none were sent: put them in the proxy URL, http://USER:PASSWORD@HOST:PORT (--proxy, or HTTPS_PROXY / HTTP_PROXY / ALL_PROXY)")
+            }
+        }
         (Class::Auth, Failure::Refresh { .. }) => match creds {
             CredentialKind::File(path) => format!(
                 "the refresh token in {path} is no longer accepted: log in again to get new credentials"
@@ -258,6 +276,11 @@ fn advice(class: Class, failure: &Failure, creds: &CredentialKind) -> String {
         (Class::Permanent, Failure::Close { code, .. }) if (4000..=4999).contains(code) => {
             format!("application close code; pass --retry-close-codes {code} if it is worth retrying")
         }
+        (Class::Permanent, Failure::Proxy { failure, .. }) => match failure {
+            ProxyFailure::Tls(_) => "the proxy's certificate is not trusted: pass --ca-cert FILE for a private CA, or check the proxy URL".into(),
+            ProxyFailure::Status { .. } => "the proxy refused the tunnel; retrying will not help: ask its owners to allow CONNECT to this host and port, or bypass it (NO_PROXY, --no-proxy)".into(),
+            _ => "retrying will not help: check the proxy URL (--proxy, or HTTPS_PROXY / HTTP_PROXY / ALL_PROXY)".into(),
+        },
         // A permanent network failure (host not found, ws:// vs wss://) already says
         // what to change in the URL.
         (Class::Permanent, Failure::Network { .. }) => "retrying will not help".into(),

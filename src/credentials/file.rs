@@ -8,9 +8,11 @@ use super::refresh::{read_capped_body, token_answer, StoredCredentials, TOKEN_RE
 use super::{Credentials, RefreshFuture, Secret};
 use crate::classify::Failure;
 use crate::headers::{is_header_safe, parse_retry_after, NOT_HEADER_SAFE};
+use crate::transport::Proxies;
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// Why a credentials file cannot be used: a usage error (exit 2) that names the file.
 #[derive(Debug, thiserror::Error)]
@@ -50,23 +52,55 @@ impl fmt::Debug for CredentialsFile {
     }
 }
 
+/// How the token endpoint is reached: with the websocket's extra CA certificates
+/// (`--ca-cert`) and the same proxy decision ([`Proxies::proxy_for`]), so that both legs
+/// trust the same servers and take the same route. The default: the base roots, no proxy.
+#[derive(Debug, Clone, Default)]
+pub struct TokenEndpointSettings {
+    pub extra_ca_certs: Vec<CertificateDer<'static>>,
+    pub proxies: Proxies,
+}
+
 impl CredentialsFile {
+    /// Reads and checks the file, with the default [`TokenEndpointSettings`]; see
+    /// [`CredentialsFile::load_with`].
+    pub fn load(path: &std::path::Path, scheme: &str) -> Result<Self, CredentialsFileError> {
+        Self::load_with(path, scheme, TokenEndpointSettings::default())
+    }
+
     /// Reads and checks the file. It is never written here: a file wsup cannot read is
     /// left exactly as it is.
-    pub fn load(path: &std::path::Path, scheme: &str) -> Result<Self, CredentialsFileError> {
+    pub fn load_with(
+        path: &std::path::Path,
+        scheme: &str,
+        settings: TokenEndpointSettings,
+    ) -> Result<Self, CredentialsFileError> {
         let stored = read_stored(path).map_err(|reason| CredentialsFileError {
             path: path.display().to_string(),
             reason,
         })?;
-        let tls = crate::tls::client_config(Vec::new()).map_err(|reason| CredentialsFileError {
-            path: path.display().to_string(),
-            reason: format!("cannot set up TLS for the token endpoint: {reason}"),
+        let proxies = settings.proxies;
+        // reqwest asks for every request: the token URL gets the very decision the
+        // websocket's URL gets (and reqwest's own reading of the environment is off).
+        let proxy = reqwest::Proxy::custom(move |url| {
+            proxies
+                .proxy_for(url)
+                .ok()
+                .flatten()
+                .map(|proxy| proxy.url_with_credentials())
+        });
+        let tls = crate::tls::client_config(settings.extra_ca_certs).map_err(|reason| {
+            CredentialsFileError {
+                path: path.display().to_string(),
+                reason: format!("cannot set up TLS for the token endpoint: {reason}"),
+            }
         })?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(TOKEN_REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
+            .proxy(proxy)
             .build()
             .map_err(|e| CredentialsFileError {
                 path: path.display().to_string(),

@@ -20,7 +20,9 @@ mod hostile_input;
 mod in_memory;
 mod refresh;
 
-pub use file::{CredentialsFile, CredentialsFileError, MAX_CREDENTIALS_FILE_BYTES};
+pub use file::{
+    CredentialsFile, CredentialsFileError, TokenEndpointSettings, MAX_CREDENTIALS_FILE_BYTES,
+};
 pub use in_memory::{InMemoryRefreshable, IssuedToken, TokenSource};
 pub use refresh::{MAX_TOKEN_LIFETIME, MAX_TOKEN_RESPONSE_BYTES, TOKEN_REQUEST_TIMEOUT};
 

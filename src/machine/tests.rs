@@ -244,6 +244,24 @@ fn static_token_rejected_stops_with_77_without_refreshing() {
 }
 
 #[test]
+fn a_proxy_407_stops_with_77_without_spending_a_token_refresh() {
+    // The proxy wants the proxy URL's credentials: a new token for the server cannot help.
+    let mut m = machine(MachineConfig::default());
+    m.set_credentials(refreshable());
+    m.handle(Event::Start);
+    let fx = m.handle(Event::DialFailed(Failure::Proxy {
+        proxy: "http://proxy.example:3128".into(),
+        failure: crate::classify::ProxyFailure::Status {
+            status: 407,
+            credentials_sent: false,
+        },
+        retry_after: None,
+    }));
+    assert!(!refreshes(&fx));
+    assert_eq!(exit_of(&fx).map(Outcome::exit_code), Some(77));
+}
+
+#[test]
 fn rejected_token_is_refreshed_once_then_redialed_at_once_for_free() {
     let mut m = machine(MachineConfig {
         max_retries: Some(0),

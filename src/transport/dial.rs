@@ -30,7 +30,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::{Host, Url};
 
-use crate::classify::{escape_untrusted, Failure, NetworkKind};
+use super::proxy::{Proxies, ProxyUrl};
+use crate::classify::{escape_untrusted, Failure, NetworkKind, ProxyFailure};
 use crate::headers::parse_retry_after;
 // Re-exported: these were always reached as `transport::…`, and the CLI checks its own
 // settings with them.
@@ -49,6 +50,7 @@ struct Inner {
     ws_config: WebSocketConfig,
     /// Offered in this order; see [`TransportConfig::subprotocols`].
     subprotocols: Vec<String>,
+    proxies: Proxies,
 }
 
 impl fmt::Debug for Transport {
@@ -58,6 +60,7 @@ impl fmt::Debug for Transport {
             .field("connect_timeout", &self.inner.connect_timeout)
             .field("ws_config", &self.inner.ws_config)
             .field("subprotocols", &self.inner.subprotocols)
+            .field("proxies", &self.inner.proxies)
             .finish_non_exhaustive()
     }
 }
@@ -69,6 +72,8 @@ enum DialStage {
     Resolving = 0,
     Connecting = 1,
     Upgrading = 2,
+    /// Connecting to the proxy and waiting for its answer to `CONNECT`.
+    Tunnelling = 3,
 }
 
 impl Transport {
@@ -124,6 +129,7 @@ impl Transport {
                 connect_timeout: cfg.connect_timeout,
                 ws_config,
                 subprotocols: cfg.subprotocols,
+                proxies: cfg.proxies,
             }),
         })
     }
@@ -145,14 +151,37 @@ impl Transport {
     /// caller is responsible for [`check_secure_for_credentials`] before dialing.
     pub async fn dial(&self, url: &Url, authorization: Option<&str>) -> Result<WsStream, Failure> {
         let request = self.build_request(url, authorization)?;
+        // The CLI checks the proxy settings for the URL before the first dial (exit 2);
+        // this guards a library user's own `Proxies`.
+        let proxy = self
+            .inner
+            .proxies
+            .proxy_for(url)
+            .map_err(|err| Failure::Internal(err.to_string()))?;
         let phase = AtomicU8::new(DialStage::Resolving as u8);
         let timeout = self.inner.connect_timeout;
-        match tokio::time::timeout(timeout, self.dial_within(url, request, &phase)).await {
+        match tokio::time::timeout(timeout, self.dial_within(url, proxy, request, &phase)).await {
             Ok(result) => result,
             Err(_) => {
                 let during = match phase.load(Ordering::Relaxed) {
                     0 => "resolving the host name",
                     1 => "connecting over TCP",
+                    3 => {
+                        // The proxy leg is what hung: the notice names the proxy.
+                        let proxy = proxy.map_or("", |proxy| proxy.shown());
+                        return Err(Failure::Proxy {
+                            proxy: proxy.to_string(),
+                            failure: ProxyFailure::Unreachable {
+                                kind: NetworkKind::ConnectTimeout,
+                                detail: format!(
+                                    "no tunnel to {} within {}",
+                                    host_port(url),
+                                    humanize(timeout)
+                                ),
+                            },
+                            retry_after: None,
+                        });
+                    }
                     _ if url.scheme() == "wss" => "in the TLS handshake or websocket upgrade",
                     _ => "in the websocket upgrade",
                 };
@@ -216,12 +245,21 @@ impl Transport {
     async fn dial_within(
         &self,
         url: &Url,
+        proxy: Option<&ProxyUrl>,
         mut request: tungstenite::handshake::client::Request,
         phase: &AtomicU8,
     ) -> Result<WsStream, Failure> {
-        let addrs = resolve(url).await?;
-        phase.store(DialStage::Connecting as u8, Ordering::Relaxed);
-        let stream = connect_any(&addrs).await?;
+        let stream = match proxy {
+            None => {
+                let addrs = resolve(url).await?;
+                phase.store(DialStage::Connecting as u8, Ordering::Relaxed);
+                MaybeTlsStream::Plain(connect_any(&addrs).await?)
+            }
+            Some(proxy) => {
+                phase.store(DialStage::Tunnelling as u8, Ordering::Relaxed);
+                super::proxy::open_tunnel(proxy, &host_port(url), &self.inner.tls).await?
+            }
+        };
         phase.store(DialStage::Upgrading as u8, Ordering::Relaxed);
         // TLS is done here rather than by tokio-tungstenite so that the observer sees the
         // decrypted frames.
@@ -310,9 +348,17 @@ async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, Failure> {
         .port_or_known_default()
         .ok_or_else(|| Failure::Internal(format!("no port for scheme '{}'", url.scheme())))?;
     match url.host() {
-        Some(Host::Ipv4(ip)) => Ok(vec![SocketAddr::new(ip.into(), port)]),
-        Some(Host::Ipv6(ip)) => Ok(vec![SocketAddr::new(ip.into(), port)]),
-        Some(Host::Domain(domain)) => {
+        Some(host) => resolve_host(host, port).await,
+        None => Err(Failure::Internal("the URL has no host".into())),
+    }
+}
+
+/// The addresses of `host` (a server's or a proxy's), `port` set on each.
+pub(super) async fn resolve_host(host: Host<&str>, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    match host {
+        Host::Ipv4(ip) => Ok(vec![SocketAddr::new(ip.into(), port)]),
+        Host::Ipv6(ip) => Ok(vec![SocketAddr::new(ip.into(), port)]),
+        Host::Domain(domain) => {
             let dns_failure = |detail: String| Failure::Network {
                 kind: NetworkKind::Dns,
                 detail,
@@ -333,7 +379,6 @@ async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, Failure> {
             }
             Ok(addrs)
         }
-        None => Err(Failure::Internal("the URL has no host".into())),
     }
 }
 
@@ -345,7 +390,7 @@ pub(crate) const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250)
 /// started 250 ms after the previous (at once when the previous failed); the first to
 /// connect wins and the others are dropped. A dead address costs 250 ms, not the whole
 /// connect timeout.
-async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, Failure> {
+pub(super) async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, Failure> {
     let addrs = interleave_families(addrs);
     match race_connects(&addrs, TcpStream::connect).await {
         Ok(stream) => {

@@ -12,13 +12,12 @@
 //! and `Retry-After` are taken from an HTTP error response.
 //!
 //! One file per job: `settings.rs` (what the user typed), `dial.rs` (DNS, TCP, TLS, the
-//! upgrade), `errors.rs` (error and close frame → `Failure`), `observe.rs` (the close
+//! upgrade), `proxy.rs` (which proxy, and the `CONNECT` tunnel through it), `errors.rs` (error and close frame → `Failure`), `observe.rs` (the close
 //! frame as sent), `resolve.rs` (the resolver), `secret_headers.rs` (credential headers
 //! kept out of tungstenite's trace).
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 // Re-exported: these were always reached as `transport::…`, and the CLI checks its own
@@ -28,22 +27,27 @@ pub use crate::headers::{is_credential_header, is_header_safe, NOT_HEADER_SAFE};
 mod dial;
 mod errors;
 mod observe;
+mod proxy;
 mod resolve;
 mod secret_headers;
 mod settings;
 pub use dial::Transport;
 pub use errors::{failure_from_close_frame, failure_from_received_close, failure_from_ws_error};
 pub use observe::{CloseObserver, WireClose};
+pub use proxy::{
+    NoProxy, Proxies, ProxyUrl, TunnelStream, MAX_PROXY_HEADERS, MAX_PROXY_HEAD_BYTES,
+};
 pub use secret_headers::SecretHeaders;
 pub use settings::{
     check_secure_for_credentials, check_subprotocol, is_loopback, load_ca_certs, parse_header,
     parse_ws_url, TransportConfig, UsageError,
 };
 
-/// The byte stream under an established websocket: TCP, or TLS over TCP, seen through a
-/// [`CloseObserver`] (on the decrypted side) that keeps the server's close frame as sent,
-/// over [`SecretHeaders`], which writes the credential headers of the upgrade request.
-pub type WsTransportStream = CloseObserver<SecretHeaders<MaybeTlsStream<TcpStream>>>;
+/// The byte stream under an established websocket: TCP (or a proxy's tunnel, see
+/// [`TunnelStream`]), or TLS over it, seen through a [`CloseObserver`] (on the decrypted
+/// side) that keeps the server's close frame as sent, over [`SecretHeaders`], which writes
+/// the credential headers of the upgrade request.
+pub type WsTransportStream = CloseObserver<SecretHeaders<MaybeTlsStream<TunnelStream>>>;
 
 /// An established websocket, plain or TLS.
 pub type WsStream = WebSocketStream<WsTransportStream>;

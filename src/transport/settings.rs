@@ -2,6 +2,7 @@
 //! `--header`, `--ca-cert`, the credentials-over-plaintext rule, and the
 //! [`TransportConfig`] they end up in. Every refusal is a [`UsageError`] (exit 2).
 
+use super::proxy::Proxies;
 use super::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, MAX_MESSAGE_SIZE,
 };
@@ -269,6 +270,9 @@ pub struct TransportConfig {
     /// `--subprotocol` names, offered in this order in `Sec-WebSocket-Protocol` (none:
     /// the header is not sent).
     pub subprotocols: Vec<String>,
+    /// Which proxy each target goes through (`--proxy`, `--no-proxy`, the environment);
+    /// by default none: a library user opts in, e.g. with [`Proxies::from_env`].
+    pub proxies: Proxies,
 }
 
 impl Default for TransportConfig {
@@ -281,6 +285,7 @@ impl Default for TransportConfig {
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             subprotocols: Vec::new(),
+            proxies: Proxies::direct(),
         }
     }
 }
@@ -295,6 +300,7 @@ impl fmt::Debug for TransportConfig {
             .field("read_buffer_size", &self.read_buffer_size)
             .field("write_buffer_size", &self.write_buffer_size)
             .field("subprotocols", &self.subprotocols)
+            .field("proxies", &self.proxies)
             .finish()
     }
 }

@@ -3,12 +3,14 @@
 //! - [`server`]: an independent, hand-written websocket server with per-connection
 //!   behaviours and recordings.
 //! - [`process`]: the real `wsup` binary with piped stdio, output captured as it arrives.
+//! - [`proxy`]: an HTTP `CONNECT` proxy with scripted answers and recorded requests.
 //!
 //! Every wait is event-driven (a watch channel woken on each change) and bounded by
 //! [`BOUND`]; nothing sleeps to synchronise.
 #![allow(dead_code)] // each test crate uses a different part of the helpers
 
 pub mod process;
+pub mod proxy;
 pub mod server;
 
 use std::time::Duration;

@@ -52,9 +52,27 @@ fn not_captured() -> watch::Receiver<Captured> {
     .1
 }
 
-/// The `wsup` binary built for these tests, with a clean logging environment.
+/// The environment variables wsup reads for proxies.
+pub const PROXY_VARIABLES: &[&str] = &[
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "REQUEST_METHOD",
+];
+
+/// The `wsup` binary built for these tests, with a clean logging and proxy environment.
 pub fn wsup_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wsup"));
+    // The machine's own proxy settings must not reach the tests; the proxy tests set
+    // their own.
+    for var in PROXY_VARIABLES {
+        command.env_remove(var);
+    }
     command
         .env_remove("RUST_LOG")
         .env_remove("WSUP_LOG")

@@ -97,8 +97,13 @@ impl Model {
     pub(crate) fn fail(&mut self, failure: &Failure) {
         match self.setup.class_of(failure) {
             Class::Transient => self.back_off(Then::Dial),
-            // Refresh once per streak, refreshable credentials only; redial at once.
-            Class::Auth if self.setup.creds.refreshable && !self.refreshed_in_streak => {
+            // Refresh once per streak, refreshable credentials only; redial at once. A
+            // proxy's 407 is about the proxy URL's credentials: it stops at once.
+            Class::Auth
+                if self.setup.creds.refreshable
+                    && !self.refreshed_in_streak
+                    && !matches!(failure, Failure::Proxy { .. }) =>
+            {
                 self.refreshed_in_streak = true;
                 self.phase = ModelState::Refreshing(Why::Rejected);
             }

@@ -2,6 +2,7 @@
 //! rather than taken from `classify.rs`, so that a drift between the two shows up.
 
 use super::*;
+use crate::classify::ProxyFailure;
 
 // ---------------------------------------------------------------------------------------
 // DESIGN.md's classification table, written out independently of classify.rs
@@ -60,6 +61,21 @@ pub(crate) fn design_class(failure: &Failure, retry_close_codes: &[u16]) -> Clas
         } => Class::Transient,
         Failure::TokenCommand { .. } => Class::Auth,
         Failure::Subprotocol { .. } => Class::Permanent,
+        Failure::Proxy { failure, .. } => match failure {
+            ProxyFailure::Unreachable { kind, .. } if *kind != NetworkKind::HostNotFound => {
+                Class::Transient
+            }
+            ProxyFailure::Status {
+                status: 401 | 407, ..
+            } => Class::Auth,
+            ProxyFailure::Status {
+                status: 502..=504, ..
+            } => Class::Transient,
+            ProxyFailure::Status {
+                status: 400..=499, ..
+            } => Class::Permanent,
+            other => panic!("proxy {other:?} is not a row of the table"),
+        },
     }
 }
 

@@ -1,6 +1,7 @@
 //! The random material: failures, frames, events, and the setup of one run.
 
 use super::*;
+use crate::classify::ProxyFailure;
 
 // ---------------------------------------------------------------------------------------
 // Strategies
@@ -69,9 +70,40 @@ pub(crate) fn network_failure() -> impl Strategy<Value = Failure> {
     })
 }
 
+/// The proxy rows: unreachable, and its answers to `CONNECT` (407 and 401 auth, 403 and
+/// 405 permanent, 502–504 transient with or without `Retry-After`).
+pub(crate) fn proxy_failure() -> impl Strategy<Value = Failure> {
+    let unreachable = prop::sample::select(vec![
+        NetworkKind::Refused,
+        NetworkKind::Eof,
+        NetworkKind::ConnectTimeout,
+    ])
+    .prop_map(|kind| ProxyFailure::Unreachable {
+        kind,
+        detail: String::new(),
+    });
+    let answered = (
+        prop::sample::select(vec![401u16, 403, 405, 407, 502, 503, 504]),
+        any::<bool>(),
+    )
+        .prop_map(|(status, credentials_sent)| ProxyFailure::Status {
+            status,
+            credentials_sent,
+        });
+    let retry_after = prop::option::of((0u64..600_000).prop_map(Duration::from_millis));
+    (prop_oneof![unreachable, answered], retry_after).prop_map(|(failure, retry_after)| {
+        Failure::Proxy {
+            proxy: "http://proxy.example:3128".into(),
+            failure,
+            retry_after,
+        }
+    })
+}
+
 /// Every row of the classification table (token endpoint rows excepted).
 pub(crate) fn any_failure() -> impl Strategy<Value = Failure> {
     prop_oneof![
+        1 => proxy_failure(),
         4 => close_failure(),
         1 => violation_failure(),
         3 => http_failure(),
