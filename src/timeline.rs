@@ -26,8 +26,8 @@ const TITLE_HEIGHT: f64 = 34.0;
 /// Rows of failure labels above the lanes (labels close in time are staggered).
 const LABEL_ROW: f64 = 16.0;
 const LABEL_ROWS: usize = 4;
-const LANE_HEIGHT: f64 = 42.0;
-const BAR_HEIGHT: f64 = 22.0;
+const LANE_HEIGHT: f64 = 48.0;
+const BAR_HEIGHT: f64 = 20.0;
 const AXIS_HEIGHT: f64 = 40.0;
 /// Roughly how wide a character of the 11 px labels is, to keep labels apart.
 const CHAR_WIDTH: f64 = 6.2;
@@ -85,19 +85,28 @@ pub fn render(transitions: &[Transition], end_t: u64, title: &str) -> String {
     let mut since = 0u64;
     let mut backoff_delay: Option<u64> = None;
     let mut bars = String::new();
-    let bar = |svg: &mut String, state: &str, from: u64, to: u64, delay: Option<u64>| {
+    // Drawn after every bar, so that a bar never hides the label of the one before it.
+    let mut bar_labels = String::new();
+    // Per lane, where the last label outside a bar ends, above and below the bars.
+    let mut label_ends = [[f64::MIN; 2]; LANES.len()];
+    let mut bar = |svg: &mut String,
+                   labels: &mut String,
+                   state: &str,
+                   from: u64,
+                   to: u64,
+                   delay: Option<u64>| {
         let (Some(y), Some((_, colour))) =
             (lane_y(state), LANES.iter().find(|(name, _)| *name == state))
         else {
             return;
         };
         let x0 = x(from);
-        // A stretch too short to see at this scale is still drawn, 2 px wide.
-        let w = (x(to) - x0).max(2.0);
+        // A stretch too short to see at this scale is still drawn, 3 px wide.
+        let w = (x(to) - x0).max(3.0);
         let top = y + (LANE_HEIGHT - BAR_HEIGHT) / 2.0;
         let _ = writeln!(
             svg,
-            r#"<rect x="{x0:.1}" y="{top:.1}" width="{w:.1}" height="{BAR_HEIGHT}" fill="{colour}"><title>{state} {} – {}</title></rect>"#,
+            r##"<rect x="{x0:.1}" y="{top:.1}" width="{w:.1}" height="{BAR_HEIGHT}" fill="{colour}" stroke="#ffffff" stroke-width="1"><title>{state} {} – {}</title></rect>"##,
             clock(from),
             clock(to)
         );
@@ -107,23 +116,50 @@ pub fn render(transitions: &[Transition], end_t: u64, title: &str) -> String {
             _ => None,
         };
         if let Some(label) = label {
-            // Inside the bar when it fits, else just after it.
-            let fits = label.len() as f64 * CHAR_WIDTH + 6.0 < w;
-            let (lx, fill) = if fits {
-                (x0 + 4.0, "#ffffff")
+            // Inside the bar when it fits; else above it, or below it when the last
+            // label above is in the way (kept inside the picture at the right edge).
+            let label_width = label.len() as f64 * CHAR_WIDTH;
+            if label_width + 6.0 < w {
+                let _ = writeln!(
+                    labels,
+                    r##"<text x="{:.1}" y="{:.1}" fill="#ffffff">{}</text>"##,
+                    x0 + 4.0,
+                    top + BAR_HEIGHT / 2.0 + 4.0,
+                    escape(&label)
+                );
             } else {
-                (x0 + w + 3.0, "#333333")
-            };
-            let _ = writeln!(
-                svg,
-                r#"<text x="{lx:.1}" y="{:.1}" fill="{fill}">{}</text>"#,
-                top + BAR_HEIGHT / 2.0 + 4.0,
-                escape(&label)
-            );
+                let lane = LANES
+                    .iter()
+                    .position(|(name, _)| *name == state)
+                    .unwrap_or(0);
+                let lx = x0.min(WIDTH - 4.0 - label_width);
+                let side = label_ends[lane]
+                    .iter()
+                    .position(|end| lx > *end + 4.0)
+                    .unwrap_or(0);
+                label_ends[lane][side] = lx + label_width;
+                let ly = if side == 0 {
+                    top - 3.0
+                } else {
+                    top + BAR_HEIGHT + 10.0
+                };
+                let _ = writeln!(
+                    labels,
+                    r##"<text x="{lx:.1}" y="{ly:.1}" fill="#333333" font-size="10">{}</text>"##,
+                    escape(&label)
+                );
+            }
         }
     };
     for transition in transitions {
-        bar(&mut bars, state, since, transition.t, backoff_delay);
+        bar(
+            &mut bars,
+            &mut bar_labels,
+            state,
+            since,
+            transition.t,
+            backoff_delay,
+        );
         state = leak_state(&transition.to);
         since = transition.t;
         backoff_delay = if state == "Backoff" {
@@ -167,7 +203,14 @@ pub fn render(transitions: &[Transition], end_t: u64, title: &str) -> String {
             );
         }
     } else {
-        bar(&mut bars, state, since, end_t.max(since), backoff_delay);
+        bar(
+            &mut bars,
+            &mut bar_labels,
+            state,
+            since,
+            end_t.max(since),
+            backoff_delay,
+        );
     }
 
     // Failures: a tick across the lanes and a label above them, staggered over rows so
@@ -207,6 +250,7 @@ pub fn render(transitions: &[Transition], end_t: u64, title: &str) -> String {
         );
     }
     svg.push_str(&bars);
+    svg.push_str(&bar_labels);
 
     // The time axis.
     let _ = writeln!(
