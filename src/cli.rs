@@ -22,7 +22,7 @@ use std::time::Duration;
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 done (the server closed 1000/1001, or \
     stdin ended and the server closed normally), 2 usage, 65 data rejected, 69 permanent \
     failure (including a close code forbidden on the wire), 73 credentials file cannot be \
-    replaced, 74 output lost, 75 retries \
+    replaced or --record file cannot be created, 74 output lost, 75 retries \
     exhausted, 77 auth/permission (also when the server rejects us after stdin ended), \
     130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error.";
 
@@ -107,7 +107,8 @@ pub enum Command {
     /// A one-command tour: supervise a connection through a series of faults.
     ///
     /// Honours --max-retries, --backoff-initial, --backoff-max, --connect-timeout,
-    /// --ping-interval, --pong-timeout, --stable-after, -v, -q and --log-format; the
+    /// --ping-interval, --pong-timeout, --stable-after, --record, --record-max, -v, -q
+    /// and --log-format; the
     /// other client flags (credentials, headers, TLS) are a usage error here.
     Demo,
     /// Print a shell completion script on stdout.
