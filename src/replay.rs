@@ -17,6 +17,7 @@ use crate::driver::rotated_path;
 use crate::machine::Machine;
 use crate::record::{EffectRecord, EndLine, Header, Line, Step, FORMAT};
 use crate::report::{self, CredentialKind};
+pub use crate::timeline::Transition;
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -169,23 +170,6 @@ pub fn load(path: &Path) -> Result<Recording, LoadError> {
     }
     recording.notes = notes;
     Ok(recording)
-}
-
-/// One transition, as the machine traced it, at its recorded time.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transition {
-    /// Microseconds since the recording began.
-    pub t: u64,
-    pub from: String,
-    pub to: String,
-    pub event: String,
-    pub attempt: Option<u64>,
-    pub delay_ms: Option<u64>,
-    pub reason: Option<String>,
-    /// The line `-v` prints for it (without a time).
-    pub line: String,
-    /// Shown at `-v` (leaving `Idle`, before the first dial, is not).
-    pub shown: bool,
 }
 
 /// The first step whose effects differ from the recording's.

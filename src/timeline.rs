@@ -7,8 +7,24 @@
 //! bar its length, and the end its outcome. Meant to be read at a glance: "three 1011s,
 //! one token refresh, connected for 4 minutes, then 401".
 
-use crate::replay::Transition;
 use std::fmt::Write;
+
+/// One transition, as the machine traced it, at its recorded time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// Microseconds since the recording began.
+    pub t: u64,
+    pub from: String,
+    pub to: String,
+    pub event: String,
+    pub attempt: Option<u64>,
+    pub delay_ms: Option<u64>,
+    pub reason: Option<String>,
+    /// The line `-v` prints for it (without a time).
+    pub line: String,
+    /// Shown at `-v` (leaving `Idle`, before the first dial, is not).
+    pub shown: bool,
+}
 
 /// The lanes, top to bottom, with their colours.
 const LANES: [(&str, &str); 5] = [
