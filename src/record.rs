@@ -383,6 +383,128 @@ pub enum Line {
     End(EndLine),
 }
 
+/// Writes the line of a data-path event (a message, a ping or pong, a read pause) whose
+/// effects carry no text, exactly as [`StepRef`] serializes it, without serde: recording
+/// every frame must cost next to nothing (issue #15 asks for under 5 % of the message
+/// rate). `false`: not such an event, nothing written; use [`StepRef`].
+pub fn write_data_step(
+    buffer: &mut Vec<u8>,
+    t: u64,
+    event: &Event,
+    pending: bool,
+    effects: &[Effect],
+) -> bool {
+    let simple = effects.iter().all(|effect| {
+        matches!(
+            effect,
+            Effect::Dial
+                | Effect::Send(_)
+                | Effect::SendPing
+                | Effect::Deliver(_)
+                | Effect::StartTimer(..)
+                | Effect::CancelTimer(_)
+        )
+    });
+    let event_json: &[u8] = match event {
+        Event::Received(_) => b"",
+        Event::PingReceived => b"\"ping_received\"",
+        Event::PongReceived => b"\"pong_received\"",
+        Event::ReadsPaused => b"\"reads_paused\"",
+        Event::ReadsResumed => b"\"reads_resumed\"",
+        _ => return false,
+    };
+    if !simple {
+        return false;
+    }
+    buffer.extend_from_slice(b"{\"t\":");
+    write_u64(buffer, t);
+    buffer.extend_from_slice(b",\"event\":");
+    match event {
+        Event::Received(payload) => {
+            buffer.extend_from_slice(b"{\"received\":");
+            write_payload(buffer, payload);
+            buffer.push(b'}');
+        }
+        _ => buffer.extend_from_slice(event_json),
+    }
+    if pending {
+        buffer.extend_from_slice(b",\"pending\":true");
+    }
+    buffer.extend_from_slice(b",\"effects\":[");
+    for (i, effect) in effects.iter().enumerate() {
+        if i > 0 {
+            buffer.push(b',');
+        }
+        match effect {
+            Effect::Dial => buffer.extend_from_slice(b"\"dial\""),
+            Effect::SendPing => buffer.extend_from_slice(b"\"send_ping\""),
+            Effect::Send(payload) => {
+                buffer.extend_from_slice(b"{\"send\":");
+                write_payload(buffer, payload);
+                buffer.push(b'}');
+            }
+            Effect::Deliver(payload) => {
+                buffer.extend_from_slice(b"{\"deliver\":");
+                write_payload(buffer, payload);
+                buffer.push(b'}');
+            }
+            Effect::StartTimer(kind, after) => {
+                buffer.extend_from_slice(b"{\"start_timer\":[\"");
+                buffer.extend_from_slice(timer_name(*kind).as_bytes());
+                buffer.extend_from_slice(b"\",");
+                write_u64(buffer, u64::try_from(after.as_nanos()).unwrap_or(u64::MAX));
+                buffer.extend_from_slice(b"]}");
+            }
+            Effect::CancelTimer(kind) => {
+                buffer.extend_from_slice(b"{\"cancel_timer\":\"");
+                buffer.extend_from_slice(timer_name(*kind).as_bytes());
+                buffer.extend_from_slice(b"\"}");
+            }
+            // Not simple: excluded above.
+            Effect::Close(..) | Effect::Refresh(_) | Effect::Notify(_) | Effect::Exit(_) => {}
+        }
+    }
+    buffer.extend_from_slice(b"]}");
+    true
+}
+
+/// A timer's name as serde writes [`TimerKind`] (snake case).
+fn timer_name(kind: TimerKind) -> &'static str {
+    match kind {
+        TimerKind::Backoff => "backoff",
+        TimerKind::Ping => "ping",
+        TimerKind::Liveness => "liveness",
+        TimerKind::Stable => "stable",
+        TimerKind::CloseGrace => "close_grace",
+        TimerKind::Linger => "linger",
+    }
+}
+
+fn write_payload(buffer: &mut Vec<u8>, payload: &Payload) {
+    let (kind, len): (&[u8], usize) = match payload {
+        Payload::Text(text) => (b"{\"kind\":\"text\",\"len\":", text.len()),
+        Payload::Binary(bytes) => (b"{\"kind\":\"binary\",\"len\":", bytes.len()),
+    };
+    buffer.extend_from_slice(kind);
+    write_u64(buffer, len as u64);
+    buffer.push(b'}');
+}
+
+/// Decimal digits of `n`.
+fn write_u64(buffer: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buffer.extend_from_slice(&digits[at..]);
+}
+
 /// Durations as whole nanoseconds: exact, and shorter than serde's `{secs, nanos}`.
 mod nanos {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -456,6 +578,87 @@ mod tests {
         let effect = Effect::Send(Payload::Binary(Bytes::from_static(b"hunter2")));
         let line = serde_json::to_string(&EffectRecord::from(&effect)).unwrap();
         assert!(!line.contains("hunter2"), "{line}");
+    }
+
+    #[test]
+    fn data_lines_are_written_as_serde_writes_them() {
+        let binary = Payload::Binary(Bytes::from_static(&[7; 300]));
+        let text = Payload::Text(Text::from("héllo"));
+        let cases: Vec<(Event, bool, Vec<Effect>)> = vec![
+            (
+                Event::Received(binary.clone()),
+                false,
+                vec![
+                    Effect::StartTimer(TimerKind::Liveness, Duration::from_secs(40)),
+                    Effect::Deliver(binary.clone()),
+                ],
+            ),
+            (
+                Event::Received(text.clone()),
+                true,
+                vec![Effect::Deliver(text.clone())],
+            ),
+            (Event::PingReceived, false, vec![]),
+            (
+                Event::PongReceived,
+                false,
+                vec![Effect::StartTimer(
+                    TimerKind::Liveness,
+                    Duration::from_nanos(1),
+                )],
+            ),
+            (
+                Event::ReadsPaused,
+                true,
+                vec![Effect::CancelTimer(TimerKind::Liveness)],
+            ),
+            (
+                Event::ReadsResumed,
+                false,
+                vec![
+                    Effect::SendPing,
+                    Effect::Send(text),
+                    Effect::Dial,
+                    Effect::StartTimer(TimerKind::CloseGrace, Duration::ZERO),
+                ],
+            ),
+        ];
+        for (t, (event, pending, effects)) in [0u64, 9, 10, 1_234_567_890, u64::MAX]
+            .into_iter()
+            .zip(cases)
+        {
+            let mut fast = Vec::new();
+            assert!(write_data_step(&mut fast, t, &event, pending, &effects));
+            let records: Vec<EffectRecord> = effects.iter().map(EffectRecord::from).collect();
+            let slow = serde_json::to_vec(&StepRef {
+                t,
+                event: &EventRecord::from(&event),
+                creds: None,
+                pending,
+                effects: &records,
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
+        }
+        let mut untouched = Vec::new();
+        assert!(!write_data_step(
+            &mut untouched,
+            1,
+            &Event::Start,
+            false,
+            &[]
+        ));
+        assert!(!write_data_step(
+            &mut untouched,
+            1,
+            &Event::PingReceived,
+            false,
+            &[Effect::Close(1000, String::new())]
+        ));
+        assert!(untouched.is_empty());
     }
 
     #[test]

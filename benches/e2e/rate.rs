@@ -13,8 +13,8 @@ use tokio::sync::{mpsc as mpsc_async, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use wsup::backoff::Jitter;
 use wsup::driver::Recorder;
-use wsup::report::CredentialKind;
 use wsup::machine::Notice;
+use wsup::report::CredentialKind;
 use wsup::session::{Link, Outbound, Session};
 use wsup::{Config, Outcome, Supervisor};
 

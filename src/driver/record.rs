@@ -16,8 +16,8 @@
 use crate::backoff::BackoffPolicy;
 use crate::machine::{CredentialState, Effect, Event, MachineConfig, Outcome};
 use crate::record::{
-    ConfigRecord, CredentialRecord, EffectRecord, End, EndLine, EventRecord, Header, StepRef,
-    FORMAT,
+    write_data_step, ConfigRecord, CredentialRecord, EffectRecord, End, EndLine, EventRecord,
+    Header, StepRef, FORMAT,
 };
 use crate::report::CredentialKind;
 use std::fs::File;
@@ -161,11 +161,19 @@ impl Recorder {
             self.to_writer = None;
             return;
         }
+        let t = self.micros();
+        if data && write_data_step(&mut self.buffer, t, event, pending, effects) {
+            self.buffer.push(b'\n');
+            if self.buffer.len() >= HAND_OVER_AT {
+                self.hand_over();
+            }
+            return;
+        }
         let event = EventRecord::from(event);
         self.effects.clear();
         self.effects.extend(effects.iter().map(EffectRecord::from));
         let line = StepRef {
-            t: self.micros(),
+            t,
             event: &event,
             creds: creds.map(Into::into),
             pending,
