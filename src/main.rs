@@ -375,7 +375,12 @@ fn recorder(
     let quiet = common.quiet;
     let notes: wsup::driver::RecordNotes = Arc::new(move |note: &str| {
         if !quiet {
-            eprint_message("wsup", "warn", note);
+            let mut fields = serde_json::Map::new();
+            fields.insert("kind".into(), "notice".into());
+            fields.insert("message".into(), note.into());
+            // A shell's terminal may be in raw mode: "\r\n" then (plain "\n" otherwise).
+            let line = shell::terminal_line(&stderr_line("wsup", "warn", fields));
+            let _ = std::io::stderr().write_all(line.as_bytes());
         }
     });
     wsup::driver::Recorder::create(path, common.record_max, kind, notes)
