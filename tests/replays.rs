@@ -9,8 +9,10 @@
 //! ```
 //!
 //! which runs each scenario against `wsup serve` (or `wsup demo`) with a fixed jitter
-//! seed: the transitions, delays and outcomes come out the same every time; only the
-//! recorded times (microseconds) differ between re-recordings.
+//! seed: the transitions, delays and outcomes come out the same every time. What real
+//! time decides may differ between re-recordings: the recorded times (microseconds), a
+//! ping timer that fires or not before the demo's half-open connection is declared dead,
+//! whether a write was still pending when stdin ended.
 
 mod support;
 
@@ -454,5 +456,30 @@ async fn a_recording_past_its_bound_is_rotated_once_and_still_replays() {
     let (code, stdout, stderr) = replay(&[path.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stderr.contains("replaying"), "{stderr}");
+    stop_serve(server).await;
+}
+
+/// `kill -9` in the middle of a session: what was written replays, whole lines only.
+#[tokio::test]
+async fn a_session_killed_with_sigkill_leaves_a_replayable_recording() {
+    let (server, url) = serve("echo").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("killed.jsonl");
+    let mut wsup = Wsup::spawn(["connect", &url, "-v", "--record", path.to_str().unwrap()]);
+    wsup.write_line("hello").await;
+    wsup.wait_stdout("hello\n").await;
+    support::send_signal(wsup.pid(), "KILL");
+    let finished = wsup.finish().await;
+    assert_eq!(finished.status.code(), None, "killed, not exited");
+    let (code, stdout, stderr) = replay(&[path.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("Dialing -> Connected"),
+        "the transitions before the kill were written: {stdout}"
+    );
+    assert!(
+        stdout.contains("the recording ends before the session did"),
+        "{stdout}"
+    );
     stop_serve(server).await;
 }
