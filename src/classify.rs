@@ -10,6 +10,9 @@ use std::time::Duration;
 
 /// Something that ended (or prevented) a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Failure {
     /// The server sent a close frame.
     Close { code: u16, reason: String },
@@ -73,6 +76,9 @@ pub enum Failure {
 
 /// How the proxy leg of a dial failed (see [`Failure::Proxy`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ProxyFailure {
     /// No tunnel because the proxy could not be reached or went away: refused, reset,
     /// closed, timed out, its name not resolved. Transient, except a proxy host name that
@@ -92,6 +98,9 @@ pub enum ProxyFailure {
 /// host name that does not exist (until a connection of the session has succeeded) and a
 /// URL scheme that does not match what the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NetworkKind {
     Refused,
     Reset,
@@ -115,6 +124,9 @@ pub enum NetworkKind {
 
 /// What kind of failure it is, which decides what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Class {
     /// A normal end of the session.
     Done,

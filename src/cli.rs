@@ -22,7 +22,7 @@ use std::time::Duration;
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 done (the server closed 1000/1001, or \
     stdin ended and the server closed normally), 2 usage, 65 data rejected, 69 permanent \
     failure (including a close code forbidden on the wire), 73 credentials file cannot be \
-    replaced, 74 output lost, 75 retries \
+    replaced or --record file cannot be created, 74 output lost, 75 retries \
     exhausted, 77 auth/permission (also when the server rejects us after stdin ended), \
     130 SIGINT or Ctrl+C, 143 SIGTERM, 1 internal error.";
 
@@ -107,7 +107,8 @@ pub enum Command {
     /// A one-command tour: supervise a connection through a series of faults.
     ///
     /// Honours --max-retries, --backoff-initial, --backoff-max, --connect-timeout,
-    /// --ping-interval, --pong-timeout, --stable-after, -v, -q and --log-format; the
+    /// --ping-interval, --pong-timeout, --stable-after, --record, --record-max, -v, -q
+    /// and --log-format; the
     /// other client flags (credentials, headers, TLS) are a usage error here.
     Demo,
     /// Print a shell completion script on stdout.
@@ -130,6 +131,24 @@ pub enum Command {
         /// mermaid (stateDiagram-v2) or dot (graphviz: `wsup states --format dot | dot -Tsvg`)
         #[arg(long, value_enum, default_value = "mermaid")]
         format: crate::states::DiagramFormat,
+    },
+    /// Re-run a session recorded with --record through this wsup's machine.
+    ///
+    /// Prints the transitions as -v does, with the recorded times, and the outcome and
+    /// exit code the session had. Exit 0 when every step's effects match the recording;
+    /// 1 at the first divergence (both sides printed): `wsup replay incident.jsonl && echo
+    /// same`. 2 when the file cannot be read, 65 when it is not a recording, 73 when
+    /// --timeline cannot be written.
+    Replay {
+        /// The recording (a JSON-lines file written by --record).
+        file: PathBuf,
+        /// text (the -v lines) or json (one object per transition).
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::replay::ReplayFormat,
+        /// Also draw the session as an SVG timeline: one lane per state, each failure
+        /// marked, each backoff a bar [default: none].
+        #[arg(long, value_name = "FILE.svg")]
+        timeline: Option<PathBuf>,
     },
 }
 
@@ -280,6 +299,28 @@ pub struct CommonArgs {
     /// Connect directly: ignore HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY.
     #[arg(long, global = true)]
     pub no_proxy: bool,
+    /// Record every event the supervisor handles (never payloads or tokens) into FILE as
+    /// JSON lines, for `wsup replay FILE` [default: no recording]. Not with port-forward.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Largest --record file; past it, the file is renamed FILE.1 once and a new FILE is
+    /// started; past it again, recording stops.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_record_max,
+          default_value = "64MiB", requires = "record")]
+    pub record_max: u64,
+    /// Seed the backoff jitter (reproducible delays, for tests and re-recording
+    /// tests/replays) [default: from the OS].
+    #[arg(long, global = true, value_name = "N", hide = true)]
+    pub jitter_seed: Option<u64>,
+}
+
+/// `--record-max`: at least 1 KiB, so that a header and some events fit.
+fn parse_record_max(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 1024 {
+        return Err(format!("'{text}' is less than 1KiB"));
+    }
+    Ok(bytes as u64)
 }
 
 /// The largest `--on-connect-file` read: the messages are kept in memory and resent on
@@ -627,6 +668,7 @@ pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), U
     let (name, honoured): (&str, &[&str]) = match command {
         Command::Connect { .. } | Command::Shell { .. } | Command::Logs { .. } => return Ok(()),
         Command::PortForward { .. } => return refuse_on_connect_for_port_forward(given),
+        Command::Replay { .. } => ("replay", &[]),
         Command::Demo => ("demo", DEMO_FLAGS),
         Command::Serve(_) => ("serve", &["subprotocols"]),
         Command::Completions { .. } => ("completions", &[]),
@@ -653,6 +695,13 @@ pub fn check_common_flags(command: &Command, given: &[clap::Id]) -> Result<(), U
 /// Port-forward carries a TCP byte stream: a text frame of our own would corrupt it, so
 /// `--on-connect` and `--on-connect-file` are refused rather than ignored.
 fn refuse_on_connect_for_port_forward(given: &[clap::Id]) -> Result<(), UsageError> {
+    // One recording holds one machine's events; a port-forward runs one per tunnel.
+    if let Some(id) = given.iter().find(|id| id.as_str() == "record") {
+        return Err(UsageError::Invalid(format!(
+            "{}: `wsup port-forward` does not take it (a recording holds one session; a port-forward runs one per tunnel)",
+            flag_name(id)
+        )));
+    }
     match given
         .iter()
         .find(|id| matches!(id.as_str(), "on_connect" | "on_connect_file"))
@@ -742,6 +791,9 @@ const DEMO_FLAGS: &[&str] = &[
     "ping_interval",
     "pong_timeout",
     "stable_after",
+    "record",
+    "record_max",
+    "jitter_seed",
 ];
 
 /// The ids of the [`CommonArgs`] given on the command line (not defaults), in the order

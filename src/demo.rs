@@ -69,6 +69,17 @@ pub async fn run_adjusted(
     signals: SignalWatch,
     adjust: impl FnOnce(&mut Config),
 ) -> Result<Outcome, String> {
+    run_supervised(notices, signals, adjust, |supervisor| supervisor).await
+}
+
+/// [`run_adjusted`], with `supervise` applied to the supervisor before it runs (`wsup
+/// demo --record FILE`: a recorder; a seeded jitter for a reproducible recording).
+pub async fn run_supervised(
+    notices: NoticeSink,
+    signals: SignalWatch,
+    adjust: impl FnOnce(&mut Config),
+    supervise: impl FnOnce(Supervisor) -> Supervisor,
+) -> Result<Outcome, String> {
     let script = DEMO_SCRIPT.parse().map_err(|e: String| e)?;
     let options = ServeOptions {
         require_token: Some(INITIAL_TOKEN.into()),
@@ -110,10 +121,11 @@ pub async fn run_adjusted(
         .map_err(|e| format!("demo server URL: {e}"))?;
     let mut config = tour_config(url);
     adjust(&mut config);
-    let outcome = Supervisor::new(config)
+    let supervisor = Supervisor::new(config)
         .credentials(credentials)
         .on_notice(notices)
-        .signals(signals)
+        .signals(signals);
+    let outcome = supervise(supervisor)
         .run(PrintSession)
         .await
         .map_err(|e| e.to_string())?;

@@ -16,11 +16,14 @@ pub mod forward;
 pub mod headers;
 pub mod machine;
 pub mod manual;
+pub mod record;
+pub mod replay;
 pub mod report;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod session;
 pub mod states;
+pub mod timeline;
 pub mod tls;
 pub mod token_command;
 pub mod transport;

@@ -61,6 +61,15 @@ impl Text {
     pub fn into_bytes(self) -> Bytes {
         self.0
     }
+
+    /// The text's length in bytes (what `--record` writes instead of the text).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl From<&'static str> for Text {
@@ -144,6 +153,9 @@ pub enum Effect {
 /// The machine's timers. The discriminants are `0..ALL.len()`, so a table of timers is
 /// an array indexed by [`TimerKind::index`] (as quinn-proto's `TimerTable`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TimerKind {
     /// The backoff delay has passed: redial.
     Backoff,
@@ -191,6 +203,9 @@ impl TimerKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sig {
     Interrupt,
     Terminate,
@@ -198,6 +213,9 @@ pub enum Sig {
 
 /// Why the machine is fetching a new token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RefreshReason {
     /// The token expires soon: refresh before dialing.
     Proactive,
@@ -223,6 +241,9 @@ pub(crate) struct Guards {
 
 /// How a supervised session ended.
 #[derive(Debug, Clone, PartialEq)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The server closed normally, or the local side finished.
     Done,
@@ -245,6 +266,9 @@ pub enum Outcome {
 
 /// Why output was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OutputLoss {
     /// Writing failed with this error (never a broken pipe: a reader that went away
     /// chose to stop reading, and that ends the session quietly).
@@ -272,6 +296,9 @@ impl Outcome {
 
 /// Things the user should hear about before the session ends.
 #[derive(Debug, Clone, PartialEq)]
+// The recording format (`--record`, src/record.rs) writes these as they are.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Notice {
     /// A transient failure; the next attempt comes after `delay`.
     Retrying {

@@ -49,6 +49,18 @@ fn main() {
             let written = wsup::manual::write_man_page(&mut std::io::stdout());
             exit_after_printing(written);
         }
+        Command::Replay {
+            file,
+            format,
+            timeline,
+        } => {
+            // No runtime, no logging: the replay is synchronous and prints its own lines.
+            let mut stdout = std::io::stdout().lock();
+            let mut stderr = std::io::stderr();
+            let code =
+                wsup::replay::run(&file, format, timeline.as_deref(), &mut stdout, &mut stderr);
+            std::process::exit(code.into());
+        }
         _ => {}
     }
     init_logging(&cli.common, matches!(cli.command, Command::Demo));
@@ -240,7 +252,7 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
         } => port_forward(&common, &url, &listen, max_tunnels).await,
         Command::Serve(args) => serve(args, common.subprotocols).await,
         // Printed and exited in main, before the runtime starts.
-        Command::Completions { .. } | Command::Man => exit::OK,
+        Command::Completions { .. } | Command::Man | Command::Replay { .. } => exit::OK,
         Command::Demo => {
             // The flags are applied to the tour's settings and checked before the server
             // starts; the URL is the server's, known only once it listens.
@@ -256,8 +268,27 @@ async fn run(cli: Cli, given: Vec<clap::Id>) -> u8 {
                 config.backoff = tuned.backoff;
                 config.transport.connect_timeout = tuned.transport.connect_timeout;
             };
-            match wsup::demo::run_adjusted(notice_printer(&common), process_signals(), adjust).await
-            {
+            let recorder = match recorder(&common, &CredentialKind::Refreshable) {
+                Ok(recorder) => recorder,
+                Err(code) => return code,
+            };
+            let seed = common.jitter_seed;
+            let supervise = move |mut supervisor: Supervisor| {
+                if let Some(recorder) = recorder {
+                    supervisor = supervisor.record(recorder);
+                }
+                if let Some(seed) = seed {
+                    supervisor = supervisor.jitter(wsup::backoff::Jitter::seeded(seed));
+                }
+                supervisor
+            };
+            let tour = wsup::demo::run_supervised(
+                notice_printer(&common),
+                process_signals(),
+                adjust,
+                supervise,
+            );
+            match tour.await {
                 Ok(outcome) => {
                     let code = finish(&outcome, &CredentialKind::Refreshable);
                     if code == exit::OK {
@@ -316,15 +347,52 @@ async fn supervise_draining<S: Session>(
     drain_timeout: Option<Duration>,
 ) -> Result<Outcome, u8> {
     let prepared = common.prepare(url).map_err(usage_error)?;
+    // Before anything is dialed: an unwritable --record path is exit 73.
+    let recorder = recorder(common, &credential_kind(common))?;
     first_token(&prepared).await?;
-    Supervisor::new(prepared.config)
+    let mut supervisor = Supervisor::new(prepared.config)
         .credentials(prepared.credentials)
         .on_notice(notices)
         .signals(process_signals())
-        .drain_timeout(drain_timeout)
-        .run(session())
-        .await
-        .map_err(usage_error)
+        .drain_timeout(drain_timeout);
+    if let Some(recorder) = recorder {
+        supervisor = supervisor.record(recorder);
+    }
+    if let Some(seed) = common.jitter_seed {
+        supervisor = supervisor.jitter(wsup::backoff::Jitter::seeded(seed));
+    }
+    supervisor.run(session()).await.map_err(usage_error)
+}
+
+/// `--record FILE`, created now: `Err(73)` (printed) when it cannot be.
+fn recorder(
+    common: &CommonArgs,
+    kind: &CredentialKind,
+) -> Result<Option<wsup::driver::Recorder>, u8> {
+    let Some(path) = &common.record else {
+        return Ok(None);
+    };
+    let quiet = common.quiet;
+    let notes: wsup::driver::RecordNotes = Arc::new(move |note: &str| {
+        if !quiet {
+            let mut fields = serde_json::Map::new();
+            fields.insert("kind".into(), "notice".into());
+            fields.insert("message".into(), note.into());
+            // A shell's terminal may be in raw mode: "\r\n" then (plain "\n" otherwise).
+            let line = shell::terminal_line(&stderr_line("wsup", "warn", fields));
+            let _ = std::io::stderr().write_all(line.as_bytes());
+        }
+    });
+    wsup::driver::Recorder::create(path, common.record_max, kind, notes)
+        .map(Some)
+        .map_err(|e| {
+            eprint_message(
+                "wsup",
+                "error",
+                &format!("cannot create the recording {}: {e}", path.display()),
+            );
+            exit::CANT_CREATE
+        })
 }
 
 fn usage_error(e: impl std::fmt::Display) -> u8 {

@@ -15,11 +15,11 @@ use std::io::Write;
 /// The exit status table, in the order a reader looks for them.
 pub const EXIT_CODES: &[(u8, &str)] = &[
     (exit::OK, "the session ended normally (stdin closed, the server closed with 1000)"),
-    (exit::INTERNAL, "an internal error (a bug in wsup)"),
+    (exit::INTERNAL, "an internal error (a bug in wsup); for wsup replay: the machine no longer does what the recording did"),
     (exit::USAGE, "usage error: a bad flag, URL, header, credentials file or certificate"),
     (exit::DATA, "the server rejected the data (close 1003, 1007 or 1009)"),
     (exit::UNAVAILABLE, "a permanent failure: retrying cannot help (HTTP 404, close 1002, an unlisted 4xxx close, TLS errors)"),
-    (exit::CANT_CREATE, "the credentials file cannot be replaced (its directory is not writable, or it cannot be locked)"),
+    (exit::CANT_CREATE, "the credentials file cannot be replaced (its directory is not writable, or it cannot be locked), or the --record file (or wsup replay --timeline) cannot be created"),
     (exit::IO_ERROR, "output lost: a write error on stdout other than a broken pipe, or --drain-timeout passed with bytes not written"),
     (exit::TEMP_FAIL, "transient failures (network, 5xx, close 1011, ...) exhausted --max-retries"),
     (exit::NO_PERM, "authentication or permission refused (HTTP 401/403, close 1008), even after a token refresh"),

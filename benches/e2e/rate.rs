@@ -3,7 +3,7 @@
 use crate::fleet::{quiet_signals, recv_binary};
 use crate::procs::spawn_wsup_serve;
 use crate::report::{median, Report};
-use crate::Settings;
+use crate::{Settings, MIB};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc as mpsc_async, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use wsup::backoff::Jitter;
+use wsup::driver::Recorder;
 use wsup::machine::Notice;
+use wsup::report::CredentialKind;
 use wsup::session::{Link, Outbound, Session};
 use wsup::{Config, Outcome, Supervisor};
 
@@ -140,11 +142,32 @@ impl Session for RateSession {
 }
 
 async fn supervised(url: String, session: RateSession) -> Outcome {
+    supervised_recording(url, session, None).await
+}
+
+/// [`supervised`], recording every event into `record` (`--record`) when given.
+async fn supervised_recording(
+    url: String,
+    session: RateSession,
+    record: Option<&std::path::Path>,
+) -> Outcome {
     let (_keep, signals) = quiet_signals();
-    Supervisor::new(Config::new(url.parse().expect("url")))
+    let mut supervisor = Supervisor::new(Config::new(url.parse().expect("url")))
         .signals(signals)
         .jitter(Jitter::seeded(1))
-        .on_notice(Arc::new(|_: &Notice| {}))
+        .on_notice(Arc::new(|_: &Notice| {}));
+    if let Some(path) = record {
+        // No bound: the cost measured is that of recording every message.
+        let recorder = Recorder::create(
+            path,
+            u64::MAX,
+            &CredentialKind::None,
+            Arc::new(|note: &str| eprintln!("rate: {note}")),
+        )
+        .expect("create the recording");
+        supervisor = supervisor.record(recorder);
+    }
+    supervisor
         .run(session)
         .await
         .expect("default transport settings are valid")
@@ -158,7 +181,7 @@ fn size_name(size: usize) -> String {
     }
 }
 
-const RATE_CLIENTS: [&str; 3] = ["bare", "wsup", "wsup_block_on"];
+const RATE_CLIENTS: [&str; 4] = ["bare", "wsup", "wsup_block_on", "wsup_record"];
 
 /// Rates (per second) of each client for each batch kind: `[client][kind]` holds one
 /// sample per repetition.
@@ -173,7 +196,21 @@ async fn rate_size(url: String, size: usize, plan: (usize, usize), reps: usize) 
     let (bare_tx, bare_rx) = mpsc_async::channel(1);
     let (wsup_tx, wsup_rx) = mpsc_async::channel(1);
     let (main_tx, main_rx) = mpsc_async::channel(1);
+    let (record_tx, record_rx) = mpsc_async::channel(1);
     let bare = tokio::spawn(bare_client(url.clone(), payload.clone(), bare_rx));
+    // `--record`'s cost: a supervisor like `wsup`, recording every event to a file.
+    let record_dir = tempfile::tempdir().expect("a temp dir for the recording");
+    let record_path = record_dir.path().join("rate.jsonl");
+    let recording = {
+        let (url, payload, path) = (url.clone(), payload.clone(), record_path.clone());
+        tokio::spawn(async move {
+            let session = RateSession {
+                payload,
+                jobs: record_rx,
+            };
+            supervised_recording(url, session, Some(&path)).await
+        })
+    };
     let wsup = tokio::spawn(supervised(
         url.clone(),
         RateSession {
@@ -189,7 +226,7 @@ async fn rate_size(url: String, size: usize, plan: (usize, usize), reps: usize) 
         },
     );
     let coordinate = async move {
-        let clients = [bare_tx, wsup_tx, main_tx];
+        let clients = [bare_tx, wsup_tx, main_tx, record_tx];
         let mut samples: RateSamples = vec![[Vec::new(), Vec::new()]; clients.len()];
         for rep in 0..reps {
             for (kind, batch) in [Batch::RoundTrips(plan.0), Batch::OneWay(plan.1)]
@@ -216,6 +253,13 @@ async fn rate_size(url: String, size: usize, plan: (usize, usize), reps: usize) 
     let (_, samples) = tokio::join!(main, coordinate);
     let _ = bare.await;
     let _ = wsup.await;
+    let _ = recording.await;
+    let recorded = std::fs::metadata(&record_path).map_or(0, |m| m.len());
+    eprintln!(
+        "rate {}: the recording took {:.1} MiB",
+        size_name(size),
+        recorded as f64 / MIB
+    );
     samples
 }
 
@@ -285,6 +329,32 @@ pub(crate) fn bench_rate(settings: &Settings, rt: &tokio::runtime::Runtime, repo
             "(information)",
             None,
         );
+        // The recording's cost against the same supervisor without one, both measured
+        // in the same repetitions (interleaved with the others).
+        let against_wsup = |kind: usize| {
+            let mut ratios: Vec<f64> = samples[3][kind]
+                .iter()
+                .zip(&samples[1][kind])
+                .map(|(r, w)| r / w)
+                .collect();
+            median(&mut ratios)
+        };
+        let record = med[3];
+        for (kind, what) in [(0, "round trips/s"), (1, "one-way msgs/s")] {
+            let r = against_wsup(kind);
+            report.row(
+                "rate",
+                format!(
+                    "{what} with --record (every event to a file), {}",
+                    size_name(size)
+                ),
+                format!("{:.0}/s", record[kind]),
+                format!("{:.0}/s wsup", wsup[kind]),
+                Some(r),
+                "≥ 0.95×",
+                Some(r >= 0.95),
+            );
+        }
         let per_client: serde_json::Map<String, Value> = RATE_CLIENTS
             .iter()
             .zip(&samples)

@@ -32,11 +32,13 @@ use url::Url;
 
 mod connection;
 mod finish;
+mod record;
 mod signals;
 mod timers;
 
 pub use connection::DRAIN_AFTER_WRITE_ERROR;
 use connection::{inbound_event, message_of, Conn, ConnEvent};
+pub use record::{rotated_path, RecordNotes, Recorder, DEFAULT_RECORD_MAX};
 use signals::no_signals;
 pub use signals::{process_signals, signal_arrives, SignalWatch};
 use timers::Timers;
@@ -129,6 +131,9 @@ pub struct Supervisor {
     notices: Option<NoticeSink>,
     signals: Option<SignalWatch>,
     drain_timeout: Option<Duration>,
+    /// `--record`: taken by the first run (clones share the slot, so one port-forward
+    /// template never interleaves tunnels in one file).
+    recorder: Option<Arc<std::sync::Mutex<Option<Recorder>>>>,
 }
 
 impl Supervisor {
@@ -141,7 +146,16 @@ impl Supervisor {
             notices: None,
             signals: None,
             drain_timeout: None,
+            recorder: None,
         }
+    }
+
+    /// Record every event fed to the machine and the effects it returned (`--record`):
+    /// `wsup replay` re-runs the file. Only the first run of this supervisor (or of a
+    /// clone of it) records.
+    pub fn record(mut self, recorder: Recorder) -> Self {
+        self.recorder = Some(Arc::new(std::sync::Mutex::new(Some(recorder))));
+        self
     }
 
     /// After a normal end, how long the session may take to write what it received
@@ -220,10 +234,16 @@ impl Supervisor {
 
     /// Like [`Supervisor::run`], dialing through `dialer` instead of the network.
     pub async fn run_with_dialer<D: Dialer, S: Session>(self, dialer: D, session: S) -> Outcome {
-        let backoff = Backoff::new(
-            self.config.backoff,
-            self.jitter.unwrap_or_else(Jitter::from_entropy),
-        );
+        let jitter = self.jitter.unwrap_or_else(Jitter::from_entropy);
+        let mut recorder = self.recorder.and_then(|slot| {
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        });
+        if let Some(recorder) = recorder.as_mut() {
+            recorder.begin(&self.config.machine, &self.config.backoff, jitter.seed());
+        }
+        let backoff = Backoff::new(self.config.backoff, jitter);
         let (link, ends) = session::link(session.outbound_capacity());
         let session_task = tokio::spawn(session.run(link));
         let mut driver = Driver {
@@ -253,11 +273,19 @@ impl Supervisor {
                 .into_iter()
                 .map(|text| Message::Text(text.into()))
                 .collect(),
+            recorder,
         };
         let outcome = driver.run().await;
-        driver
+        let recorder = driver.recorder.take();
+        let outcome = driver
             .finish(session_task, outcome, self.drain_timeout)
-            .await
+            .await;
+        if let Some(recorder) = recorder {
+            // Waits for the writer thread: off the runtime's workers.
+            let ended = outcome.clone();
+            let _ = tokio::task::spawn_blocking(move || recorder.finish(&ended)).await;
+        }
+        outcome
     }
 }
 
@@ -298,6 +326,8 @@ struct Driver<D: Dialer> {
     carried_over: VecDeque<Message>,
     /// [`Config::on_connect`] as messages, queued first on every new connection.
     on_connect: Vec<Message>,
+    /// `--record`: every event and its effects.
+    recorder: Option<Recorder>,
 }
 
 impl<D: Dialer> Driver<D> {
@@ -449,15 +479,17 @@ impl<D: Dialer> Driver<D> {
         let mut next = Some(event);
         while let Some(event) = next.take() {
             // Not on the data path: frames and read pauses come by the thousand.
-            if !matches!(
+            let data = matches!(
                 event,
                 Event::Received(_)
                     | Event::PingReceived
                     | Event::PongReceived
                     | Event::ReadsPaused
                     | Event::ReadsResumed
-            ) {
-                self.machine.set_credentials(self.credential_state());
+            );
+            let creds = (!data).then(|| self.credential_state());
+            if let Some(creds) = creds {
+                self.machine.set_credentials(creds);
             }
             let unsent = self
                 .conn
@@ -468,6 +500,9 @@ impl<D: Dialer> Driver<D> {
             // per event on the data path.
             let mut effects = std::mem::take(&mut self.effects);
             self.machine.handle_into(&event, &mut effects);
+            if let Some(recorder) = self.recorder.as_mut() {
+                recorder.step(&event, creds, unsent, &effects, data);
+            }
             for effect in effects.drain(..) {
                 if let Some(follow_up) = self.execute(effect) {
                     next = Some(follow_up);
