@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use support::{Wsup, BOUND, FAST};
+use support::{fixture, serve_tls, Wsup, BOUND, FAST};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -754,28 +754,11 @@ async fn a_client_that_leaves_during_a_hanging_dial_ends_its_tunnel_at_once() {
 
 // ------------------------------------------- wss:// through `wsup serve --tls-cert`
 
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 #[tokio::test]
 async fn serve_tls_forwards_over_wss_trusting_the_test_ca() {
     let target = echo_target().await;
-    let (cert, key) = (fixture("localhost-cert.pem"), fixture("localhost-key.pem"));
     let script = format!("forward:{target}");
-    let serve = Wsup::spawn([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--script",
-        &script,
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
-    let url = serve.first_stdout_line().await;
-    assert!(url.starts_with("wss://127.0.0.1:"), "serve printed {url:?}");
+    let (serve, url) = serve_tls(&script).await;
     let (forward, listen) = port_forward(&url, &["--ca-cert", &fixture("ca.pem")]).await;
     drop(round_trip(listen, &payload(MIB, 7)).await);
     stop(forward, "TERM", 143).await;

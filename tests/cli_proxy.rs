@@ -6,11 +6,7 @@
 mod support;
 
 use support::proxy::{Proxy, ProxyStep};
-use support::{refused_port, serve, stop_serve, wsup_command, Wsup, FAST};
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
+use support::{fixture, refused_port, serve, serve_tls, stop_serve, wsup_command, Wsup, FAST};
 
 /// `wsup connect URL` with fast retries and `extra` flags.
 fn connect(url: &str, extra: &[&str]) -> Wsup {
@@ -72,19 +68,7 @@ async fn ws_through_the_proxy_flag_sends_connect_with_the_credentials() {
 
 #[tokio::test]
 async fn wss_through_the_proxy_runs_tls_to_the_server_inside_the_tunnel() {
-    let serve = Wsup::spawn([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--script",
-        "echo",
-        "--tls-cert",
-        &fixture("localhost-cert.pem"),
-        "--tls-key",
-        &fixture("localhost-key.pem"),
-    ]);
-    let url = serve.first_stdout_line().await;
-    assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
+    let (serve, url) = serve_tls("echo").await;
     let proxy = Proxy::always(ProxyStep::Tunnel).await;
     echo_once(connect(
         &url,
@@ -366,18 +350,7 @@ async fn proxy_credentials_never_reach_stderr_even_at_trace() {
 
 #[tokio::test]
 async fn the_token_endpoint_takes_the_same_proxy_and_trusts_the_ca_cert() {
-    let serve = Wsup::spawn([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--script",
-        "echo",
-        "--tls-cert",
-        &fixture("localhost-cert.pem"),
-        "--tls-key",
-        &fixture("localhost-key.pem"),
-    ]);
-    let url = serve.first_stdout_line().await;
+    let (serve, url) = serve_tls("echo").await;
     let target = authority(&url);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("credentials.json");

@@ -12,13 +12,9 @@ mod support;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use support::{serve, stop_serve, Wsup, BOUND, FAST};
+use support::{fixture, serve, serve_tls, stop_serve, Wsup, BOUND, FAST};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The tinyproxy binary, on PATH or where Debian puts it.
 fn tinyproxy_binary() -> Option<PathBuf> {
@@ -120,23 +116,6 @@ async fn echo_through(url: &str, extra: &[&str]) {
     done.assert_code(0).assert_stdout("through tinyproxy\n");
 }
 
-async fn serve_tls() -> (Wsup, String) {
-    let serve = Wsup::spawn([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--script",
-        "echo",
-        "--tls-cert",
-        &fixture("localhost-cert.pem"),
-        "--tls-key",
-        &fixture("localhost-key.pem"),
-    ]);
-    let url = serve.first_stdout_line().await;
-    assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
-    (serve, url)
-}
-
 #[tokio::test]
 async fn ws_and_wss_go_through_tinyproxy() {
     let Some(proxy) = tinyproxy("ws_and_wss_go_through_tinyproxy", false).await else {
@@ -144,7 +123,7 @@ async fn ws_and_wss_go_through_tinyproxy() {
     };
     let (plain, ws_url) = serve("echo").await;
     echo_through(&ws_url, &["--proxy", &proxy.url()]).await;
-    let (tls, wss_url) = serve_tls().await;
+    let (tls, wss_url) = serve_tls("echo").await;
     echo_through(
         &wss_url,
         &["--proxy", &proxy.url(), "--ca-cert", &fixture("ca.pem")],
@@ -179,7 +158,7 @@ async fn tinyproxy_basic_auth_wants_the_proxy_urls_credentials() {
 
     let right = proxy.url_with_userinfo("user:pass");
     echo_through(&ws_url, &["--proxy", &right]).await;
-    let (tls, wss_url) = serve_tls().await;
+    let (tls, wss_url) = serve_tls("echo").await;
     echo_through(
         &wss_url,
         &["--proxy", &right, "--ca-cert", &fixture("ca.pem")],

@@ -16,7 +16,9 @@ pub mod server;
 use std::time::Duration;
 
 #[allow(unused_imports)]
-pub use process::{send_signal, serve, stop_serve, wsup_command, Finished, Wsup, FAST};
+pub use process::{
+    fixture, send_signal, serve, serve_tls, stop_serve, wsup_command, Finished, Wsup, FAST,
+};
 #[allow(unused_imports)]
 pub use server::{Behaviour, Connection, Server};
 

@@ -253,6 +253,31 @@ pub async fn serve(script: &str) -> (Wsup, String) {
     (serve, url)
 }
 
+/// A file of `tests/fixtures/` (the test CA and the `localhost` certificate and key).
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// [`serve`] over TLS: `wsup serve --tls-cert` with the `localhost` certificate of
+/// `tests/fixtures/` (signed by `ca.pem`, which clients pass as `--ca-cert`); returns
+/// the child and the `wss://` URL it printed.
+pub async fn serve_tls(script: &str) -> (Wsup, String) {
+    let serve = Wsup::spawn([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--script",
+        script,
+        "--tls-cert",
+        &fixture("localhost-cert.pem"),
+        "--tls-key",
+        &fixture("localhost-key.pem"),
+    ]);
+    let url = serve.first_stdout_line().await;
+    assert!(url.starts_with("wss://127.0.0.1:"), "serve printed {url:?}");
+    (serve, url)
+}
+
 /// Stops a `wsup serve` from [`serve`] with SIGTERM: a clean shutdown, exit 143.
 pub async fn stop_serve(serve: Wsup) {
     serve.signal("TERM");
