@@ -15,9 +15,10 @@
 use crate::backoff::{Backoff, Jitter};
 use crate::driver::rotated_path;
 use crate::machine::Machine;
-use crate::record::{EffectRecord, EndLine, Header, Line, Step, FORMAT};
+use crate::record::{EffectRecord, EndLine, EventRecord, Header, Line, Step, FORMAT};
 use crate::report::{self, CredentialKind};
 pub use crate::timeline::Transition;
+use crate::transport::MAX_MESSAGE_SIZE;
 use serde_json::json;
 use std::io::Write;
 use std::path::Path;
@@ -65,10 +66,19 @@ impl LoadError {
 
 /// One part of a recording: its header, steps and end.
 fn read_part(path: &Path, notes: &mut Vec<String>) -> Result<Recording, LoadError> {
-    let text = std::fs::read(path).map_err(|e| LoadError::Unreadable {
+    let unreadable = |error: String| LoadError::Unreadable {
         path: path.display().to_string(),
-        error: e.to_string(),
-    })?;
+        error,
+    };
+    // A recording is a file `--record` wrote: `/dev/zero` or a FIFO would be read without
+    // end (and kept in memory), so only a regular file is read.
+    let metadata = std::fs::metadata(path).map_err(|e| unreadable(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(unreadable(
+            "not a regular file (a recording is a file written by --record)".to_string(),
+        ));
+    }
+    let text = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
     let text = String::from_utf8_lossy(&text);
     let shown = path.display();
     let mut lines = text.split_inclusive('\n').enumerate().peekable();
@@ -119,7 +129,19 @@ fn read_part(path: &Path, notes: &mut Vec<String>) -> Result<Recording, LoadErro
                     "{shown}: line {number} is a second header"
                 )))
             }
-            (Line::Step(step), Some(_)) if end.is_none() => steps.push(step),
+            (Line::Step(step), Some(_)) if end.is_none() => {
+                // The replay feeds a message of the recorded length: no more than a
+                // connection ever takes, whatever the file says.
+                if let EventRecord::Received(payload) = &step.event {
+                    if payload.len > MAX_MESSAGE_SIZE {
+                        return Err(LoadError::Malformed(format!(
+                            "{shown}: line {number} records a message of {} bytes, over the {MAX_MESSAGE_SIZE} a connection takes",
+                            payload.len
+                        )));
+                    }
+                }
+                steps.push(step)
+            }
             (Line::End(line), Some(_)) if end.is_none() => end = Some(line),
             (_, Some(_)) => {
                 return Err(LoadError::Malformed(format!(

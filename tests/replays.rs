@@ -360,6 +360,27 @@ async fn what_is_not_a_recording_is_refused() {
     let (code, _, stderr) = replay(&[garbage.to_str().unwrap()]).await;
     assert_eq!(code, 65, "{stderr}");
     assert!(stderr.contains("not a wsup recording"), "{stderr}");
+    // An endless input is refused before it is read, not read into memory.
+    let (code, _, stderr) = replay(&["/dev/zero"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+    // A recorded length no connection takes is refused, not allocated.
+    let echo = std::fs::read_to_string(committed("echo-then-stdin-eof")).expect("read");
+    assert!(
+        echo.contains(r#""received":{"kind":"text","len":5}"#),
+        "{echo}"
+    );
+    let hostile = dir.path().join("hostile.jsonl");
+    let huge = echo.replacen(
+        r#""received":{"kind":"text","len":5}"#,
+        r#""received":{"kind":"text","len":900000000000000}"#,
+        1,
+    );
+    std::fs::write(&hostile, huge).expect("write");
+    let (code, _, stderr) = replay(&[hostile.to_str().unwrap()]).await;
+    assert_eq!(code, 65, "{stderr}");
+    assert!(stderr.contains("900000000000000 bytes"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // A timeline that cannot be written: 73.
     let demo = committed("demo");
     let (code, _, stderr) = replay(&[
