@@ -7,11 +7,14 @@ use crate::classify::{Failure, NetworkKind};
 use crate::machine::{Event, Payload, Text};
 use crate::session;
 use crate::transport::{failure_from_received_close, failure_from_ws_error, WireClose};
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -74,6 +77,34 @@ pub(super) struct Conn<S> {
     /// On-connect messages still at the front of `queue`: they are sent again by the next
     /// connection anyway, so they are not carried over to it.
     on_connect_queued: usize,
+    /// The waker the websocket's reads get, and whether it fired: see [`ReadWake`].
+    read_wake: Arc<ReadWake>,
+    read_waker: Waker,
+    /// The last read found nothing (the socket had no bytes, no whole frame was
+    /// buffered): until `read_wake` fires, reading again cannot find more.
+    read_idle: bool,
+}
+
+/// Tells a wake-up for the read side from the others (a message from the session, a
+/// writable socket). tungstenite zero-fills its whole read buffer before every read
+/// attempt, bytes or not (128 KiB for a tunnel): polled after every frame the session
+/// sent, that was a 128 KiB `memset` per 64 KiB frame upstream, `port-forward`'s
+/// largest user-space cost. Reads are now attempted only when something may have
+/// arrived.
+struct ReadWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// A protocol violation the server committed, on its way to our close frame.
@@ -119,6 +150,10 @@ const OUTBOUND_ROUNDS_PER_POLL: usize = 8;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     pub(super) fn new(ws: WebSocketStream<S>, wire_close: WireCloseOf<S>) -> Self {
+        let read_wake = Arc::new(ReadWake {
+            woken: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        });
         Conn {
             ws,
             wire_close,
@@ -128,6 +163,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             violation: None,
             frames_read: 0,
             on_connect_queued: 0,
+            read_waker: Waker::from(Arc::clone(&read_wake)),
+            read_wake,
+            read_idle: false,
         }
     }
 
@@ -209,7 +247,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             return self.poll_violation(cx, outbound_ended);
         }
         if read || self.drain.is_some() {
-            match Pin::new(&mut self.ws).poll_next(cx) {
+            self.read_wake.task.register(cx.waker());
+            if self.read_idle && !self.read_wake.woken.load(Ordering::Acquire) {
+                return self.poll_drain_deadline(cx);
+            }
+            self.read_wake.woken.store(false, Ordering::Release);
+            self.read_idle = false;
+            let mut read_cx = Context::from_waker(&self.read_waker);
+            match Pin::new(&mut self.ws).poll_next(&mut read_cx) {
                 Poll::Ready(Some(Ok(Message::Close(frame)))) => {
                     let wire = (self.wire_close)(self.ws.get_ref());
                     return Poll::Ready(ConnEvent::Closed(failure_from_received_close(
@@ -253,9 +298,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     };
                     return Poll::Ready(ConnEvent::Closed(failure));
                 }
-                Poll::Pending => {}
+                Poll::Pending => self.read_idle = true,
             }
         }
+        self.poll_drain_deadline(cx)
+    }
+
+    /// Closed with the write failure once the grace for the server's close frame is over.
+    fn poll_drain_deadline(&mut self, cx: &mut Context<'_>) -> Poll<ConnEvent> {
         if let Some((failure, deadline)) = self.drain.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(ConnEvent::Closed(failure.clone()));
@@ -408,5 +458,39 @@ mod on_connect_tests {
         poll_fn(|cx| conn.poll_flush_queue(cx)).await.unwrap();
         conn.queue.push_back(Message::text("typed"));
         assert_eq!(conn.take_unsent_messages(), [Message::text("typed")]);
+    }
+}
+
+#[cfg(test)]
+mod read_wake_tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// After a read found nothing, the next one waits for the read side's wake-up; a
+    /// frame that arrives then is read, and frames already buffered behind a delivered
+    /// one are read without one.
+    #[tokio::test]
+    async fn frames_arriving_after_an_idle_read_are_read() {
+        let (socket, mut peer) = tokio::io::duplex(1 << 16);
+        let ws = WebSocketStream::from_raw_socket(socket, Role::Client, None).await;
+        let mut conn = Conn::new(ws, |_| None);
+        let idle = poll_fn(|cx| Poll::Ready(conn.poll_io(cx, true, None))).await;
+        assert!(idle.is_pending(), "nothing to read yet");
+        assert!(conn.read_idle);
+        // Two unmasked binary frames in one write: "a", then "b".
+        peer.write_all(&[0x82, 1, b'a', 0x82, 1, b'b'])
+            .await
+            .unwrap();
+        for expected in [b"a", b"b"] {
+            let read = poll_fn(|cx| conn.poll_io(cx, true, None));
+            let event = tokio::time::timeout(Duration::from_secs(5), read)
+                .await
+                .expect("the frame is read once it arrives");
+            let ConnEvent::Frame(Message::Binary(bytes)) = event else {
+                panic!("expected a binary frame");
+            };
+            assert_eq!(&bytes[..], expected);
+        }
     }
 }

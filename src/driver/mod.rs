@@ -207,6 +207,14 @@ impl Supervisor {
         Ok(transport)
     }
 
+    /// Raises the websocket read buffer of the config's transport to at least `size`
+    /// (used before [`Supervisor::shared_transport`] builds the transport; a transport
+    /// given with [`Supervisor::transport`] is used as it is).
+    pub(crate) fn read_buffer_at_least(&mut self, size: usize) {
+        let transport = &mut self.config.transport;
+        transport.read_buffer_size = transport.read_buffer_size.max(size);
+    }
+
     /// The signal source given with [`Supervisor::signals`], if any.
     pub(crate) fn signal_source(&self) -> Option<&SignalWatch> {
         self.signals.as_ref()

@@ -538,7 +538,11 @@ async fn run_step(
         }
         Step::Hang => hold_open(stream).await,
         step => {
-            let ws = upgrade(stream, bytes_read, shared).await?;
+            let read_buffer = match step {
+                Step::Forward(_) => FORWARD_READ_BUFFER,
+                _ => SERVER_READ_BUFFER,
+            };
+            let ws = upgrade(stream, bytes_read, shared, read_buffer).await?;
             match step {
                 Step::Close { code, reason } => close_with(ws, code, reason).await,
                 Step::Silent => hold_open(ws).await,
