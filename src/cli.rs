@@ -292,8 +292,9 @@ pub struct CommonArgs {
     pub subprotocols: Vec<String>,
     /// Reach the server (and the token endpoint) through this HTTP proxy, with CONNECT:
     /// http://USER:PASSWORD@HOST:PORT (credentials optional, port 1080 by default), or
-    /// https://… for TLS to the proxy. Overrides HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY, and applies
-    /// to loopback targets too [default: from those variables, as curl reads them].
+    /// https://… for TLS to the proxy. Overrides HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
+    /// NO_PROXY, and applies to loopback targets too [default: from those variables, as
+    /// curl reads them].
     #[arg(long, global = true, value_name = "URL", conflicts_with = "no_proxy")]
     pub proxy: Option<String>,
     /// Connect directly: ignore HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY.

@@ -396,3 +396,50 @@ async fn the_token_endpoint_takes_the_same_proxy_and_trusts_the_ca_cert() {
     );
     stop_serve(serve).await;
 }
+
+/// An `http://` token URL goes through the same proxy too, as the proxy's own request
+/// (absolute form, no `CONNECT`), with the proxy's credentials: the proxy's 502 is the
+/// token endpoint's transient failure, and nothing is refreshed around the proxy.
+#[tokio::test]
+async fn an_http_token_url_is_sent_to_the_same_proxy_as_a_proxy_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials.json");
+    let credentials = serde_json::json!({
+        "access_token": "expired",
+        "access_token_expiration": "2001-01-01T00:00:00Z",
+        "refresh_token": "rt-0",
+        "token_url": "http://wsup-test.invalid:8080/oauth/token",
+    });
+    std::fs::write(&path, credentials.to_string()).unwrap();
+    let proxy = Proxy::always(ProxyStep::Status(502, vec![])).await;
+    let proxy_url = proxy.url_with_userinfo("user:pw");
+    let done = connect(
+        "wss://wsup-test.invalid:8443/",
+        &[
+            "--proxy",
+            &proxy_url,
+            "--allow-insecure",
+            "--max-retries",
+            "0",
+            "--credentials",
+            path.to_str().unwrap(),
+        ],
+    )
+    .finish()
+    .await;
+    done.assert_code(75);
+    let requests = proxy.requests();
+    let first = requests.first().expect("the refresh reached the proxy");
+    assert_eq!(
+        first.line, "POST http://wsup-test.invalid:8080/oauth/token HTTP/1.1",
+        "{requests:?}"
+    );
+    assert_eq!(
+        first.header("proxy-authorization"),
+        Some(format!("Basic {}", base64("user:pw")).as_str())
+    );
+    assert!(
+        std::fs::read_to_string(&path).unwrap().contains("rt-0"),
+        "the refresh token is kept"
+    );
+}
