@@ -10,17 +10,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Behaviour, Server, Wsup, FAST};
+use support::{connect, Behaviour, Server, Wsup, FAST};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
-
-/// `wsup connect URL` with fast retries and `extra` flags after the URL.
-fn connect(url: &str, extra: &[&str]) -> Wsup {
-    let mut args = vec!["connect", url];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    Wsup::spawn(args)
-}
 
 /// `wsup connect` with a static token in `var`.
 fn connect_with_token(url: &str, var: &str, token: &str, extra: &[&str]) -> Wsup {

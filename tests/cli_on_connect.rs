@@ -6,19 +6,11 @@ mod support;
 
 use std::sync::Arc;
 
-use support::{Behaviour, Server, Wsup, FAST};
+use support::{connect, Behaviour, Server, Wsup};
 use tokio::sync::Notify;
 
 const SUBSCRIBE: &str = r#"{"op":"subscribe","channel":"trades"}"#;
 const SUBSCRIBE_TOO: &str = r#"{"op":"subscribe","channel":"quotes"}"#;
-
-/// `wsup connect URL` with fast retries and `extra` flags after the URL.
-fn connect(url: &str, extra: &[&str]) -> Wsup {
-    let mut args = vec!["connect", url];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    Wsup::spawn(args)
-}
 
 #[tokio::test]
 async fn on_connect_texts_arrive_first_and_in_order() {

@@ -6,15 +6,9 @@
 mod support;
 
 use support::proxy::{Proxy, ProxyStep};
-use support::{fixture, refused_port, serve, serve_tls, stop_serve, wsup_command, Wsup, FAST};
-
-/// `wsup connect URL` with fast retries and `extra` flags.
-fn connect(url: &str, extra: &[&str]) -> Wsup {
-    let mut args = vec!["connect", url];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    Wsup::spawn(args)
-}
+use support::{
+    connect, fixture, refused_port, serve, serve_tls, stop_serve, wsup_command, Wsup, FAST,
+};
 
 /// `wsup connect URL extra…` with these environment variables.
 fn connect_with_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Wsup {

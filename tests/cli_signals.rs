@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Behaviour, Finished, Server, Wsup, FAST};
+use support::{connect, Behaviour, Finished, Server, Wsup, FAST};
 
 /// The target is 100 ms; this bound only catches a signal that is not acted upon.
 const SIGNAL_EXIT_BOUND: Duration = Duration::from_secs(1);
@@ -58,13 +58,6 @@ async fn signal_and_finish(client: Wsup, sig: Sig, phase: &str) -> Finished {
         done.dump()
     );
     done
-}
-
-fn connect(url: &str, extra: &[&str]) -> Wsup {
-    let mut args = vec!["connect", url];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    Wsup::spawn(args)
 }
 
 // --------------------------------------------------------------------- connected

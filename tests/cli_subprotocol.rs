@@ -5,18 +5,10 @@
 
 mod support;
 
-use support::{Behaviour, Server, Wsup, FAST};
+use support::{connect, Behaviour, Server, Wsup};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-/// `wsup connect URL` with fast retries and `extra` flags after the URL.
-fn connect(url: &str, extra: &[&str]) -> Wsup {
-    let mut args = vec!["connect", url];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    Wsup::spawn(args)
-}
 
 #[tokio::test]
 async fn an_offered_subprotocol_the_server_requires_is_accepted_and_echo_works() {

@@ -229,16 +229,23 @@ pub(crate) fn find_websocat() -> Result<(PathBuf, String), String> {
     }
 }
 
-fn spawn_websocat(websocat: &Path, args: &[String], port: u16) -> Option<Proc> {
+/// websocat listening on a free loopback port: `args` gets the port and returns the
+/// command line; `None` when it does not start listening within 10 s.
+fn spawn_websocat(
+    websocat: &Path,
+    args: impl FnOnce(u16) -> Vec<String>,
+) -> Option<(Proc, SocketAddr)> {
+    let port = free_port();
     let child = Command::new(websocat)
-        .args(args)
+        .args(args(port))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
     let proc = Proc { child };
-    wait_listening(port, Duration::from_secs(10)).then_some(proc)
+    wait_listening(port, Duration::from_secs(10))
+        .then_some((proc, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 /// `websocat -b ws-l:127.0.0.1:PORT tcp:TARGET`: the server side of a tunnel.
@@ -246,14 +253,13 @@ pub(crate) fn spawn_websocat_server(
     websocat: &Path,
     target: SocketAddr,
 ) -> Option<(Proc, SocketAddr)> {
-    let port = free_port();
-    let args = vec![
-        "-b".to_owned(),
-        format!("ws-l:127.0.0.1:{port}"),
-        format!("tcp:{target}"),
-    ];
-    let proc = spawn_websocat(websocat, &args, port)?;
-    Some((proc, SocketAddr::from(([127, 0, 0, 1], port))))
+    spawn_websocat(websocat, |port| {
+        vec![
+            "-b".to_owned(),
+            format!("ws-l:127.0.0.1:{port}"),
+            format!("tcp:{target}"),
+        ]
+    })
 }
 
 /// A PKCS#12 archive of the test certificate and key (`openssl pkcs12 -export`, empty
@@ -292,16 +298,16 @@ pub(crate) fn spawn_websocat_server_tls(
     target: SocketAddr,
 ) -> Result<(Proc, SocketAddr), String> {
     let pkcs12 = websocat_pkcs12()?;
-    let port = free_port();
-    let args = vec![
-        "-b".to_owned(),
-        "--pkcs12-der".to_owned(),
-        pkcs12.to_string_lossy().into_owned(),
-        format!("wss-l:127.0.0.1:{port}"),
-        format!("tcp:{target}"),
-    ];
-    let proc = spawn_websocat(websocat, &args, port).ok_or("websocat wss-l did not start")?;
-    Ok((proc, SocketAddr::from(([127, 0, 0, 1], port))))
+    spawn_websocat(websocat, |port| {
+        vec![
+            "-b".to_owned(),
+            "--pkcs12-der".to_owned(),
+            pkcs12.to_string_lossy().into_owned(),
+            format!("wss-l:127.0.0.1:{port}"),
+            format!("tcp:{target}"),
+        ]
+    })
+    .ok_or_else(|| "websocat wss-l did not start".to_string())
 }
 
 /// `websocat -b -k tcp-l:127.0.0.1:PORT wss://localhost:PORT/`: the client side of a
@@ -311,15 +317,14 @@ pub(crate) fn spawn_websocat_client_tls(
     websocat: &Path,
     server: SocketAddr,
 ) -> Option<(Proc, SocketAddr)> {
-    let port = free_port();
-    let args = vec![
-        "-b".to_owned(),
-        "-k".to_owned(),
-        format!("tcp-l:127.0.0.1:{port}"),
-        format!("wss://localhost:{}/", server.port()),
-    ];
-    let proc = spawn_websocat(websocat, &args, port)?;
-    Some((proc, SocketAddr::from(([127, 0, 0, 1], port))))
+    spawn_websocat(websocat, |port| {
+        vec![
+            "-b".to_owned(),
+            "-k".to_owned(),
+            format!("tcp-l:127.0.0.1:{port}"),
+            format!("wss://localhost:{}/", server.port()),
+        ]
+    })
 }
 
 /// `websocat -b tcp-l:127.0.0.1:PORT ws://SERVER/`: the client side of a tunnel.
@@ -327,14 +332,13 @@ pub(crate) fn spawn_websocat_client(
     websocat: &Path,
     server: SocketAddr,
 ) -> Option<(Proc, SocketAddr)> {
-    let port = free_port();
-    let args = vec![
-        "-b".to_owned(),
-        format!("tcp-l:127.0.0.1:{port}"),
-        format!("ws://{server}/"),
-    ];
-    let proc = spawn_websocat(websocat, &args, port)?;
-    Some((proc, SocketAddr::from(([127, 0, 0, 1], port))))
+    spawn_websocat(websocat, |port| {
+        vec![
+            "-b".to_owned(),
+            format!("tcp-l:127.0.0.1:{port}"),
+            format!("ws://{server}/"),
+        ]
+    })
 }
 
 // ------------------------------------------------------- a plain tokio-tungstenite tunnel

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 #[allow(unused_imports)]
 pub use process::{
-    fixture, send_signal, serve, serve_tls, stop_serve, wsup_command, Finished, Wsup, FAST,
+    connect, fixture, send_signal, serve, serve_tls, stop_serve, wsup_command, Finished, Wsup, FAST,
 };
 #[allow(unused_imports)]
 pub use server::{Behaviour, Connection, Server};

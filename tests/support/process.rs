@@ -253,6 +253,14 @@ pub async fn serve(script: &str) -> (Wsup, String) {
     (serve, url)
 }
 
+/// `wsup connect URL` with fast retries ([`FAST`]) and `extra` flags after the URL.
+pub fn connect(url: &str, extra: &[&str]) -> Wsup {
+    let mut args = vec!["connect", url];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    Wsup::spawn(args)
+}
+
 /// A file of `tests/fixtures/` (the test CA and the `localhost` certificate and key).
 pub fn fixture(name: &str) -> String {
     format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
