@@ -176,7 +176,7 @@ pub fn render(transitions: &[Transition], end_t: u64, title: &str) -> String {
             transition.t,
             backoff_delay,
         );
-        state = leak_state(&transition.to);
+        state = lane_of_state(&transition.to);
         since = transition.t;
         backoff_delay = if state == "Backoff" {
             transition.delay_ms
@@ -292,7 +292,7 @@ pub fn render(transitions: &[Transition], end_t: u64, title: &str) -> String {
 }
 
 /// The lane names are static; a state this wsup does not draw maps to "Idle" (no lane).
-fn leak_state(name: &str) -> &'static str {
+fn lane_of_state(name: &str) -> &'static str {
     LANES
         .iter()
         .map(|(lane, _)| *lane)
