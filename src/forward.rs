@@ -14,6 +14,7 @@
 use crate::driver::{signal_arrives, NoticeSink, Supervisor};
 use crate::machine::{Notice, Outcome, Sig};
 use crate::session::forward::ForwardSession;
+use crate::shards::RuntimeShards;
 use crate::transport::{Transport, UsageError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +85,8 @@ pub struct Forwarder {
     on_tunnel_end: Option<TunnelEndSink>,
     max_tunnels: usize,
     on_tunnel_limit: Option<TunnelLimitSink>,
+    /// Where tunnels run: these threads, or (`None`) the runtime `run` is awaited on.
+    shards: Option<Arc<RuntimeShards>>,
 }
 
 impl Forwarder {
@@ -109,6 +112,7 @@ impl Forwarder {
             on_tunnel_end: None,
             max_tunnels: DEFAULT_MAX_TUNNELS as usize,
             on_tunnel_limit: None,
+            shards: None,
         })
     }
 
@@ -138,6 +142,14 @@ impl Forwarder {
         self
     }
 
+    /// Runs every tunnel on the least-loaded of `shards` (each tunnel stays on one
+    /// thread for its life) instead of on the runtime `run` is awaited on. `wsup
+    /// port-forward` gives one shard per core ([`RuntimeShards::per_core`]).
+    pub fn spread_over(mut self, shards: Arc<RuntimeShards>) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -153,6 +165,7 @@ impl Forwarder {
             on_tunnel_end,
             max_tunnels,
             on_tunnel_limit,
+            shards,
         } = self;
         // The template's own sink, if it has one and no per-peer sink was given.
         let notices = match notices {
@@ -181,13 +194,15 @@ impl Forwarder {
                         if let Some(sink) = &notices {
                             supervisor = supervisor.on_notice(tunnel_notices(sink.clone(), peer));
                         }
-                        tunnels.spawn(tunnel(
-                            supervisor,
-                            transport.clone(),
-                            tcp,
-                            peer,
-                            on_tunnel_end.clone(),
-                        ));
+                        let (transport, on_end) = (transport.clone(), on_tunnel_end.clone());
+                        match &shards {
+                            Some(shards) => shards.spawn_connection(&mut tunnels, tcp, move |tcp| {
+                                tunnel(supervisor, transport, tcp, peer, on_end)
+                            }),
+                            None => {
+                                tunnels.spawn(tunnel(supervisor, transport, tcp, peer, on_end));
+                            }
+                        }
                         if tunnels.len() >= max_tunnels {
                             // Once, not per waiting client: a flood of clients must not
                             // become a flood of lines.

@@ -22,6 +22,7 @@ pub mod report;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod session;
+pub mod shards;
 pub mod states;
 pub mod timeline;
 pub mod tls;

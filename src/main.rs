@@ -68,6 +68,8 @@ fn main() {
     // wsup is I/O-bound: with one worker, the driver and its session hand frames over on
     // the same thread instead of waking each other across cores (downstream port-forward
     // measured 1.19× faster in benches/e2e/). TOKIO_WORKER_THREADS still wins.
+    // port-forward's tunnels and serve's connections run on their own threads, one
+    // worker each (`wsup::shards`), so that many of them use every core.
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);
     }
@@ -499,6 +501,10 @@ async fn port_forward(common: &CommonArgs, url: &str, listen: &str, max_tunnels:
         ),
     }
     let kind = credential_kind(common);
+    let forwarder = match connection_threads() {
+        Some(shards) => forwarder.spread_over(shards),
+        None => forwarder,
+    };
     let sig = forwarder
         .max_tunnels(max_tunnels as usize)
         .on_tunnel_limit(Arc::new(move |max| {
@@ -609,6 +615,19 @@ fn redacted_url(url: &url::Url) -> String {
     shown.to_string()
 }
 
+/// One thread per core for `port-forward`'s tunnels and `serve`'s connections
+/// ([`wsup::shards`]); without them (no thread could be started), they share the main
+/// runtime's one worker.
+fn connection_threads() -> Option<Arc<wsup::shards::RuntimeShards>> {
+    match wsup::shards::RuntimeShards::per_core() {
+        Ok(shards) => Some(Arc::new(shards)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot start connection threads: connections share one thread");
+            None
+        }
+    }
+}
+
 async fn serve(args: ServeArgs, subprotocols: Vec<String>) -> u8 {
     let script = match args.script.parse() {
         Ok(s) => s,
@@ -618,6 +637,7 @@ async fn serve(args: ServeArgs, subprotocols: Vec<String>) -> u8 {
         require_token: args.require_token,
         token_ttl: args.token_ttl,
         subprotocols,
+        shards: connection_threads(),
         ..wsup::serve::ServeOptions::new(args.listen, script)
     };
     let tls = match (&args.tls_cert, &args.tls_key) {

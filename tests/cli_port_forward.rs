@@ -221,10 +221,20 @@ async fn serve_one(tcp: TcpStream, act: Act, seen: Arc<watch::Sender<Seen>>) {
 /// `wsup port-forward URL --listen 127.0.0.1:0` with fast retries; returns the process
 /// and the address it listens on (from its `forwarding ADDR -> URL` line).
 async fn port_forward(url: &str, extra: &[&str]) -> (Wsup, SocketAddr) {
-    let mut args = vec!["port-forward", url, "--listen", "127.0.0.1:0"];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    let wsup = Wsup::spawn(args);
+    port_forward_with_env(url, extra, &[]).await
+}
+
+/// [`port_forward`] with extra environment variables.
+async fn port_forward_with_env(
+    url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Wsup, SocketAddr) {
+    let mut command = support::wsup_command();
+    command.args(["port-forward", url, "--listen", "127.0.0.1:0"]);
+    command.args(FAST).args(extra);
+    command.envs(env.iter().copied());
+    let wsup = Wsup::spawn_command(command);
     let stderr = wsup.wait_stderr(&format!(" -> {url}\n")).await;
     let line = stderr
         .lines()
@@ -365,6 +375,41 @@ async fn serve_32_concurrent_tunnels() {
     let (serve, url) = serve_forwarding_to(target, "").await;
     let (forward, listen) = port_forward(&url, &[]).await;
     let open = thirty_two_at_once(listen).await;
+    let done = stop(forward, "TERM", 143).await;
+    drop(open);
+    done.assert_stderr_lacks("tunnel closed");
+    stop(serve, "TERM", 143).await;
+}
+
+/// Names of the threads of process `pid` that run connections (`wsup-shard-N`), sorted.
+fn shard_threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with("wsup-shard-"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn tunnels_and_served_connections_run_on_one_thread_per_core() {
+    let target = echo_target().await;
+    // TOKIO_WORKER_THREADS gives the number of connection threads (default: the cores,
+    // at most 4), here more than this machine may have.
+    let mut command = support::wsup_command();
+    command.args(["serve", "--listen", "127.0.0.1:0", "--script"]);
+    command.arg(format!("forward:{target}"));
+    command.env("TOKIO_WORKER_THREADS", "3");
+    let serve = Wsup::spawn_command(command);
+    let url = serve.first_stdout_line().await;
+    let (forward, listen) =
+        port_forward_with_env(&url, &[], &[("TOKIO_WORKER_THREADS", "3")]).await;
+    let open = thirty_two_at_once(listen).await;
+    let threads = ["wsup-shard-0", "wsup-shard-1", "wsup-shard-2"];
+    assert_eq!(shard_threads(forward.pid()), threads);
+    assert_eq!(shard_threads(serve.pid()), threads);
     let done = stop(forward, "TERM", 143).await;
     drop(open);
     done.assert_stderr_lacks("tunnel closed");

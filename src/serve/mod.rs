@@ -36,6 +36,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info};
 
+use crate::shards::RuntimeShards;
+
 mod http;
 mod script;
 mod shell;
@@ -95,6 +97,9 @@ pub struct ServeOptions {
     /// answered 400 and do not consume a step. When empty, the first subprotocol the
     /// client offers is chosen.
     pub subprotocols: Vec<String>,
+    /// Where connections run: these threads ([`crate::shards`]; `wsup serve` gives one
+    /// per core), or (`None`) the runtime the server was started on.
+    pub shards: Option<Arc<RuntimeShards>>,
 }
 
 impl fmt::Debug for ServeOptions {
@@ -109,6 +114,7 @@ impl fmt::Debug for ServeOptions {
             )
             .field("token_ttl", &self.token_ttl)
             .field("subprotocols", &self.subprotocols)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -122,6 +128,7 @@ impl ServeOptions {
             require_token: None,
             token_ttl: DEFAULT_TOKEN_TTL,
             subprotocols: Vec::new(),
+            shards: None,
         }
     }
 }
@@ -224,6 +231,7 @@ async fn start_with(opts: ServeOptions, tls: Option<TlsAcceptor>) -> io::Result<
         .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
     let listener = TcpListener::bind(opts.listen).await?;
     let addr = listener.local_addr()?;
+    let shards = opts.shards.clone();
     let shared = Arc::new(Shared::new(opts));
     let (stop, stop_requested) = watch::channel(false);
     let serves_tls = tls.is_some();
@@ -232,6 +240,7 @@ async fn start_with(opts: ServeOptions, tls: Option<TlsAcceptor>) -> io::Result<
         Arc::clone(&shared),
         stop_requested,
         tls,
+        shards,
     ));
     info!(%addr, script = %shared.script, tls = serves_tls, "serving");
     Ok(ServerHandle {
@@ -388,6 +397,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     mut stop_requested: watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
+    shards: Option<Arc<RuntimeShards>>,
 ) {
     // Connection tasks live in the set so that shutdown can drop them all and wait for it.
     let mut connections = JoinSet::new();
@@ -398,8 +408,15 @@ async fn accept_loop(
             _ = stop_requested.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let tls = tls.clone();
-                    connections.spawn(handle_connection(stream, peer, Arc::clone(&shared), tls));
+                    let (tls, shared) = (tls.clone(), Arc::clone(&shared));
+                    match &shards {
+                        Some(shards) => shards.spawn_connection(&mut connections, stream, move |stream| {
+                            handle_connection(stream, peer, shared, tls)
+                        }),
+                        None => {
+                            connections.spawn(handle_connection(stream, peer, shared, tls));
+                        }
+                    }
                 }
                 Err(error) => {
                     // Typically out of file descriptors: pause instead of spinning on it.
