@@ -168,9 +168,9 @@ fn drive_client(entry: SocketAddr, direction: Direction, bytes: u64) -> Result<T
 enum Side {
     /// `wsup port-forward` (client side) or `wsup serve --script forward:` (server side).
     Wsup,
-    /// The same with two runtime workers (`TOKIO_WORKER_THREADS=2`; the binary's
-    /// default is one).
-    WsupTwoWorkers,
+    /// The same with every connection on one thread (`TOKIO_WORKER_THREADS=1`, the
+    /// default before connections were spread over one thread per core).
+    WsupOneThread,
     /// `websocat -b tcp-l:… ws://…` or `websocat -b ws-l:… tcp:…`.
     Websocat,
     /// [`plain_tunnel_child`]: tokio-tungstenite and nothing else.
@@ -223,8 +223,8 @@ fn tunnel_run(
         (None, None) => far.addr,
         (Some(client), Some(server)) => {
             let ws = match server {
-                Side::Wsup | Side::WsupTwoWorkers => {
-                    let workers = (server == Side::WsupTwoWorkers).then_some(2);
+                Side::Wsup | Side::WsupOneThread => {
+                    let workers = (server == Side::WsupOneThread).then_some(1);
                     let (p, addr) =
                         spawn_wsup_serve_with(&format!("forward:{}", far.addr), workers);
                     procs.push(p);
@@ -261,8 +261,8 @@ fn tunnel_run(
                 }
             };
             match client {
-                Side::Wsup | Side::WsupTwoWorkers => {
-                    let workers = (client == Side::WsupTwoWorkers).then_some(2);
+                Side::Wsup | Side::WsupOneThread => {
+                    let workers = (client == Side::WsupOneThread).then_some(1);
                     let (p, addr) = spawn_wsup_forward(ws, workers);
                     procs.push(p);
                     addr
@@ -344,12 +344,18 @@ const PARALLEL: usize = 4;
 
 /// The tunnels of the forward section, in both directions: (name, client side, server
 /// side, connections at once); `None` for both sides is direct TCP.
-const TUNNELS: [(&str, Option<Side>, Option<Side>, Width); 15] = [
+const TUNNELS: [(&str, Option<Side>, Option<Side>, Width); 16] = [
     ("direct TCP", None, None, Width::One),
     (
         "wsup port-forward → wsup serve",
         Some(Side::Wsup),
         Some(Side::Wsup),
+        Width::One,
+    ),
+    (
+        "wsup pair, one thread",
+        Some(Side::WsupOneThread),
+        Some(Side::WsupOneThread),
         Width::One,
     ),
     (
@@ -402,9 +408,9 @@ const TUNNELS: [(&str, Option<Side>, Option<Side>, Width); 15] = [
         Width::Parallel,
     ),
     (
-        "parallel: wsup pair, two workers",
-        Some(Side::WsupTwoWorkers),
-        Some(Side::WsupTwoWorkers),
+        "parallel: wsup pair, one thread",
+        Some(Side::WsupOneThread),
+        Some(Side::WsupOneThread),
         Width::Parallel,
     ),
     (
@@ -420,9 +426,9 @@ const TUNNELS: [(&str, Option<Side>, Option<Side>, Width); 15] = [
         Width::Many,
     ),
     (
-        "many: wsup pair, two workers",
-        Some(Side::WsupTwoWorkers),
-        Some(Side::WsupTwoWorkers),
+        "many: wsup pair, one thread",
+        Some(Side::WsupOneThread),
+        Some(Side::WsupOneThread),
         Width::Many,
     ),
 ];
@@ -460,7 +466,16 @@ pub(crate) fn bench_forward(
     let mut samples: Vec<Vec<TunnelRun>> = vec![Vec::new(); combos.len()];
     let mut errors: Vec<Option<String>> = vec![None; combos.len()];
     for rep in 0..settings.forward_reps {
-        for (i, c) in combos.iter().enumerate() {
+        // The order changes every repetition (rotated, and reversed every other one),
+        // so that no configuration always runs right after the same other one: with a
+        // fixed order, the same binary measured 5-8 % apart in two adjacent rows.
+        let mut order: Vec<usize> = (0..combos.len()).collect();
+        order.rotate_left(rep % combos.len().max(1));
+        if rep % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let c = &combos[i];
             let websocat_side = |side| side == s || side == Some(Side::WebsocatTls);
             if (websocat_side(c.client) || websocat_side(c.server)) && ws.is_none() {
                 continue;
@@ -655,33 +670,46 @@ pub(crate) fn bench_forward(
             "(information)",
             None,
         );
-        let w2 = Some(Side::WsupTwoWorkers);
-        let parallel = |client, server| find(&rates, direction, client, server, Width::Parallel);
-        let (one_worker, two_workers, direct) =
-            (parallel(w, w), parallel(w2, w2), parallel(None, None));
-        if one_worker.is_some() {
+        let w1 = Some(Side::WsupOneThread);
+        if let Some(one_thread) = rate(w1, w1) {
             report.row(
                 "forward",
                 format!(
-                    "{size} {dir} over {PARALLEL} tunnels at once (one port-forward, one serve), in all: one runtime worker (the default) vs two"
+                    "{size} {dir}, one tunnel: wsup pair (a thread per core, the default) vs the same on one thread (`TOKIO_WORKER_THREADS=1`)"
                 ),
-                fmt(one_worker),
+                fmt(pair),
+                format!("{} one thread", fmt(Some(one_thread))),
+                ratio(pair, Some(one_thread)),
+                "(information: about 1.0×)",
+                None,
+            );
+        }
+        let parallel = |client, server| find(&rates, direction, client, server, Width::Parallel);
+        let (per_core, one_thread, direct) =
+            (parallel(w, w), parallel(w1, w1), parallel(None, None));
+        if per_core.is_some() {
+            report.row(
+                "forward",
                 format!(
-                    "{} with two workers, {} direct TCP ({PARALLEL} connections)",
-                    fmt(two_workers),
+                    "{size} {dir} over {PARALLEL} tunnels at once (one port-forward, one serve), in all: a thread per core (the default) vs one thread"
+                ),
+                fmt(per_core),
+                format!(
+                    "{} on one thread, {} direct TCP ({PARALLEL} connections)",
+                    fmt(one_thread),
                     fmt(direct)
                 ),
-                ratio(one_worker, two_workers),
+                ratio(per_core, one_thread),
                 "(information)",
                 None,
             );
         }
         let many = |client, server| find(&rates, direction, client, server, Width::Many);
-        let (one_worker, two_workers, relays) = (many(w, w), many(w2, w2), many(relay, relay));
+        let (per_core, one_thread, relays) = (many(w, w), many(w1, w1), many(relay, relay));
         let n = settings.tunnels_many;
         for (what, wsup, target) in [
-            ("one runtime worker (the default)", one_worker, Some(0.9)),
-            ("two workers", two_workers, None),
+            ("a thread per core (the default)", per_core, Some(0.9)),
+            ("every tunnel on one thread", one_thread, None),
         ] {
             if wsup.is_none() {
                 continue;
