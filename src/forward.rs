@@ -144,7 +144,7 @@ impl Forwarder {
 
     /// Runs every tunnel on the least-loaded of `shards` (each tunnel stays on one
     /// thread for its life) instead of on the runtime `run` is awaited on. `wsup
-    /// port-forward` gives one shard per core ([`RuntimeShards::per_core`]).
+    /// port-forward` gives two shards per core ([`RuntimeShards::per_core`]).
     pub fn spread_over(mut self, shards: Arc<RuntimeShards>) -> Self {
         self.shards = Some(shards);
         self

@@ -68,8 +68,8 @@ fn main() {
     // wsup is I/O-bound: with one worker, the driver and its session hand frames over on
     // the same thread instead of waking each other across cores (downstream port-forward
     // measured 1.19× faster in benches/e2e/). TOKIO_WORKER_THREADS still wins.
-    // port-forward's tunnels and serve's connections run on their own threads, one
-    // worker each (`wsup::shards`), so that many of them use every core.
+    // port-forward's tunnels and serve's connections run on their own threads (two per
+    // core, `wsup::shards`), each connection on one, so that many of them use every core.
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);
     }
@@ -615,7 +615,7 @@ fn redacted_url(url: &url::Url) -> String {
     shown.to_string()
 }
 
-/// One thread per core for `port-forward`'s tunnels and `serve`'s connections
+/// Threads (two per core) for `port-forward`'s tunnels and `serve`'s connections
 /// ([`wsup::shards`]); without them (no thread could be started), they share the main
 /// runtime's one worker.
 fn connection_threads() -> Option<Arc<wsup::shards::RuntimeShards>> {

@@ -65,7 +65,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "TOKIO_WORKER_THREADS",
         "Worker threads of the async runtime (default 1: wsup is I/O-bound). For \
          port-forward and serve, also the number of threads their connections are spread \
-         over (default: one per core, at most 4).",
+         over (default: two per core, at most 8).",
     ),
 ];
 

@@ -1,4 +1,4 @@
-//! Runtimes of one worker thread each, one per core, that accepted TCP connections are
+//! Runtimes of one worker thread each, two per core, that accepted TCP connections are
 //! spread over: `wsup port-forward`'s tunnels and `wsup serve`'s connections.
 //!
 //! Why not one runtime with a worker per core: a tunnel is three tasks (the
@@ -7,9 +7,9 @@
 //! each other across cores and the idle worker is woken to steal, and one tunnel moved
 //! 7–18 % less than with one worker (docs/benchmarks.md, issue #16). One worker, on the
 //! other hand, is one core for all tunnels. Shards keep each connection, with every
-//! task it spawns, on one thread, and use every core (up to [`MAX_SHARDS`]) once there
-//! are several connections: one tunnel moves as much as on one worker, 32 busy tunnels
-//! about 9 % more.
+//! task it spawns, on one thread, and spread connections over several threads: one
+//! tunnel moves as much as on one worker, 32 busy tunnels 5–15 % more (see
+//! [`SHARDS_PER_CORE`] for why two per core).
 //!
 //! A connection goes to the shard with the fewest open connections and stays there for
 //! its life (its socket is registered with that shard's I/O driver).
@@ -22,9 +22,15 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
-/// Shards at most: measured on two cores only, so more threads than this are not
-/// assumed to help.
-pub const MAX_SHARDS: usize = 4;
+/// Shards per core by default: a shard's thread competes for the CPU with every other
+/// thread on the machine (the tunnels' own peers included), so with one per core 32 busy
+/// tunnels moved 0.87× of 32 thread-per-connection relay chains downstream and with two
+/// per core 0.98× (six interleaved runs, two cores; upstream 0.94× and 0.95×).
+pub const SHARDS_PER_CORE: usize = 2;
+
+/// Shards at most by default: measured on two cores only, so more threads than this
+/// are not assumed to help.
+pub const MAX_SHARDS: usize = 8;
 
 /// Runtimes of one worker thread each, for the connections placed on them. Dropping it
 /// stops them; connections still running on them are dropped.
@@ -81,8 +87,9 @@ impl RuntimeShards {
         Ok(RuntimeShards { shards })
     }
 
-    /// One shard per core this process may use, at most [`MAX_SHARDS`];
-    /// `TOKIO_WORKER_THREADS`, when set to a number, gives the count instead.
+    /// [`SHARDS_PER_CORE`] shards per core this process may use, at most
+    /// [`MAX_SHARDS`]; `TOKIO_WORKER_THREADS`, when set to a number, gives the count
+    /// instead.
     pub fn per_core() -> io::Result<Self> {
         Self::start(shard_count(
             std::env::var("TOKIO_WORKER_THREADS").ok().as_deref(),
@@ -154,7 +161,7 @@ fn shard_count(worker_threads: Option<&str>, cores: usize) -> usize {
     worker_threads
         .and_then(|value| value.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| cores.min(MAX_SHARDS))
+        .unwrap_or_else(|| cores.saturating_mul(SHARDS_PER_CORE).min(MAX_SHARDS))
         .max(1)
 }
 
@@ -182,15 +189,16 @@ mod tests {
     use tokio::net::TcpListener;
 
     #[test]
-    fn one_shard_per_core_capped_unless_tokio_worker_threads_says() {
-        assert_eq!(shard_count(None, 1), 1);
-        assert_eq!(shard_count(None, 2), 2);
+    fn two_shards_per_core_capped_unless_tokio_worker_threads_says() {
+        assert_eq!(shard_count(None, 1), 2);
+        assert_eq!(shard_count(None, 2), 4);
+        assert_eq!(shard_count(None, 4), MAX_SHARDS);
         assert_eq!(shard_count(None, 64), MAX_SHARDS);
-        assert_eq!(shard_count(Some("8"), 2), 8);
+        assert_eq!(shard_count(Some("12"), 2), 12);
         assert_eq!(shard_count(Some(" 1 "), 16), 1);
         // Not a count: the default.
-        assert_eq!(shard_count(Some("0"), 2), 2);
-        assert_eq!(shard_count(Some("many"), 3), 3);
+        assert_eq!(shard_count(Some("0"), 2), 4);
+        assert_eq!(shard_count(Some("many"), 3), 6);
     }
 
     /// Accepts `n` connections and hands each to the shards with an echo.

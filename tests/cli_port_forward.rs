@@ -396,8 +396,8 @@ fn shard_threads(pid: u32) -> Vec<String> {
 #[tokio::test]
 async fn tunnels_and_served_connections_run_on_one_thread_per_core() {
     let target = echo_target().await;
-    // TOKIO_WORKER_THREADS gives the number of connection threads (default: the cores,
-    // at most 4), here more than this machine may have.
+    // TOKIO_WORKER_THREADS gives the number of connection threads (default: two per
+    // core, at most 8).
     let mut command = support::wsup_command();
     command.args(["serve", "--listen", "127.0.0.1:0", "--script"]);
     command.arg(format!("forward:{target}"));

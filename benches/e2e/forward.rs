@@ -169,7 +169,7 @@ enum Side {
     /// `wsup port-forward` (client side) or `wsup serve --script forward:` (server side).
     Wsup,
     /// The same with every connection on one thread (`TOKIO_WORKER_THREADS=1`, the
-    /// default before connections were spread over one thread per core).
+    /// default before connections were spread over two threads per core).
     WsupOneThread,
     /// `websocat -b tcp-l:… ws://…` or `websocat -b ws-l:… tcp:…`.
     Websocat,
@@ -675,7 +675,7 @@ pub(crate) fn bench_forward(
             report.row(
                 "forward",
                 format!(
-                    "{size} {dir}, one tunnel: wsup pair (a thread per core, the default) vs the same on one thread (`TOKIO_WORKER_THREADS=1`)"
+                    "{size} {dir}, one tunnel: wsup pair (two threads per core, the default) vs the same on one thread (`TOKIO_WORKER_THREADS=1`)"
                 ),
                 fmt(pair),
                 format!("{} one thread", fmt(Some(one_thread))),
@@ -691,7 +691,7 @@ pub(crate) fn bench_forward(
             report.row(
                 "forward",
                 format!(
-                    "{size} {dir} over {PARALLEL} tunnels at once (one port-forward, one serve), in all: a thread per core (the default) vs one thread"
+                    "{size} {dir} over {PARALLEL} tunnels at once (one port-forward, one serve), in all: two threads per core (the default) vs one thread"
                 ),
                 fmt(per_core),
                 format!(
@@ -708,7 +708,7 @@ pub(crate) fn bench_forward(
         let (per_core, one_thread, relays) = (many(w, w), many(w1, w1), many(relay, relay));
         let n = settings.tunnels_many;
         for (what, wsup, target) in [
-            ("a thread per core (the default)", per_core, Some(0.9)),
+            ("two threads per core (the default)", per_core, Some(0.9)),
             ("every tunnel on one thread", one_thread, None),
         ] {
             if wsup.is_none() {

@@ -36,7 +36,7 @@ pub(crate) fn wsup_command() -> Command {
 
 /// [`wsup_command`] with `TOKIO_WORKER_THREADS` set to `workers`, or, for `None`, removed
 /// (so the binary's own defaults apply whatever the bench inherited: one runtime worker,
-/// and for `port-forward`'s and `serve`'s connections one thread per core).
+/// and for `port-forward`'s and `serve`'s connections two threads per core).
 fn wsup_command_with_workers(workers: Option<usize>) -> Command {
     let mut command = wsup_command();
     match workers {

@@ -97,7 +97,7 @@ pub struct ServeOptions {
     /// answered 400 and do not consume a step. When empty, the first subprotocol the
     /// client offers is chosen.
     pub subprotocols: Vec<String>,
-    /// Where connections run: these threads ([`crate::shards`]; `wsup serve` gives one
+    /// Where connections run: these threads ([`crate::shards`]; `wsup serve` gives two
     /// per core), or (`None`) the runtime the server was started on.
     pub shards: Option<Arc<RuntimeShards>>,
 }
