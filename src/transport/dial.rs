@@ -253,7 +253,7 @@ impl Transport {
             None => {
                 let addrs = resolve(url).await?;
                 phase.store(DialStage::Connecting as u8, Ordering::Relaxed);
-                MaybeTlsStream::Plain(connect_any(&addrs).await?)
+                super::proxy::TunnelStream::Plain(connect_any(&addrs).await?)
             }
             Some(proxy) => {
                 phase.store(DialStage::Tunnelling as u8, Ordering::Relaxed);

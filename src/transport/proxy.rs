@@ -21,7 +21,6 @@ use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
-use tokio_tungstenite::MaybeTlsStream;
 use url::{Host, Url};
 
 use super::errors::io_failure;
@@ -37,7 +36,78 @@ pub const MAX_PROXY_HEADERS: usize = 100;
 
 /// The byte stream to the server's host: TCP, or TLS over TCP when the tunnel runs
 /// through an `https://` proxy. The websocket's own TLS (for `wss://`) runs over it.
-pub type TunnelStream = MaybeTlsStream<TcpStream>;
+///
+/// The TLS leg is boxed: it is rare, and inline it would make every connection's stream
+/// (held in the driver's task) about 1 KiB larger, several times over.
+#[derive(Debug)]
+pub enum TunnelStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for TunnelStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TunnelStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            TunnelStream::Plain(s) => s.is_write_vectored(),
+            TunnelStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
 
 /// A usable proxy: `http://` or `https://`, host, port, and the `Proxy-Authorization`
 /// value made from the URL's userinfo.
@@ -268,11 +338,11 @@ enum Configured {
 #[derive(Debug, Clone, Default)]
 pub struct Proxies {
     /// `--proxy`: every target, loopback included; the environment is not read.
-    forced: Option<ProxyUrl>,
+    forced: Option<Box<ProxyUrl>>,
     /// `ws://` and `http://` targets.
-    http: Option<Configured>,
+    http: Option<Box<Configured>>,
     /// `wss://` and `https://` targets.
-    https: Option<Configured>,
+    https: Option<Box<Configured>>,
     no_proxy: NoProxy,
 }
 
@@ -286,7 +356,7 @@ impl Proxies {
     /// environment says.
     pub fn forced(url: &str) -> Result<Self, UsageError> {
         Ok(Proxies {
-            forced: Some(ProxyUrl::parse(url, "--proxy")?),
+            forced: Some(Box::new(ProxyUrl::parse(url, "--proxy")?)),
             ..Proxies::default()
         })
     }
@@ -320,9 +390,11 @@ impl Proxies {
             &["http_proxy", "HTTP_PROXY"]
         };
         let configured = |found: Option<(String, String)>| {
-            found.map(|(name, value)| match ProxyUrl::parse(&value, &name) {
-                Ok(url) => Configured::Usable(url),
-                Err(err) => Configured::Unusable(err.to_string()),
+            found.map(|(name, value)| {
+                Box::new(match ProxyUrl::parse(&value, &name) {
+                    Ok(url) => Configured::Usable(url),
+                    Err(err) => Configured::Unusable(err.to_string()),
+                })
             })
         };
         let all = configured(read(&["all_proxy", "ALL_PROXY"]));
@@ -342,7 +414,7 @@ impl Proxies {
     /// directly. The error (exit 2) is a proxy variable whose value cannot be used.
     pub fn proxy_for(&self, target: &Url) -> Result<Option<&ProxyUrl>, UsageError> {
         if let Some(forced) = &self.forced {
-            return Ok(Some(forced));
+            return Ok(Some(&**forced));
         }
         let configured = match target.scheme() {
             "wss" | "https" => &self.https,
@@ -359,7 +431,7 @@ impl Proxies {
         {
             return Ok(None);
         }
-        match configured {
+        match &**configured {
             Configured::Usable(proxy) => Ok(Some(proxy)),
             Configured::Unusable(error) => Err(UsageError::Invalid(error.clone())),
         }
@@ -409,9 +481,9 @@ pub(super) async fn open_tunnel(
             .connect(name, tcp)
             .await
             .map_err(|err| unreachable(io_failure(&err)))?;
-        MaybeTlsStream::Rustls(tls)
+        TunnelStream::Tls(Box::new(tls))
     } else {
-        MaybeTlsStream::Plain(tcp)
+        TunnelStream::Plain(tcp)
     };
     let request = connect_request(target, proxy.authorization.as_ref());
     stream
@@ -537,6 +609,18 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::time::Duration;
+
+    /// Every idle connection holds its stream and its config in its task, several times
+    /// over: with the proxy's TLS leg inline and the proxy settings unboxed, the memory
+    /// bench's idle connection grew from 34.5 to 38.8 KiB (docs/benchmarks.md).
+    #[test]
+    fn a_connection_without_a_proxy_pays_nothing_for_the_proxy_support() {
+        use std::mem::size_of;
+        let bare = size_of::<tokio_tungstenite::MaybeTlsStream<TcpStream>>();
+        let ours = size_of::<super::super::WsTransportStream>();
+        assert!(ours <= bare + 256, "{ours} bytes, a bare stream {bare}");
+        assert!(size_of::<Proxies>() <= 64, "{} bytes", size_of::<Proxies>());
+    }
 
     fn no_proxy_matches(list: &str, host: &str) -> bool {
         let url = Url::parse(&format!("wss://{host}:8443/")).unwrap();
