@@ -468,7 +468,8 @@ pub(crate) fn bench_forward(
     for rep in 0..settings.forward_reps {
         // The order changes every repetition (rotated, and reversed every other one),
         // so that no configuration always runs right after the same other one: with a
-        // fixed order, the same binary measured 5-8 % apart in two adjacent rows.
+        // fixed order, two builds measured 8 % apart downstream in adjacent rows (6 of 6
+        // repetitions) that measured 1 % apart in rotating order (docs/benchmarks.md).
         let mut order: Vec<usize> = (0..combos.len()).collect();
         order.rotate_left(rep % combos.len().max(1));
         if rep % 2 == 1 {
