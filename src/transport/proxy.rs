@@ -18,6 +18,8 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use http::HeaderValue;
 use ipnet::IpNet;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
@@ -45,67 +47,59 @@ pub enum TunnelStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+/// Either side of a [`TunnelStream`], for passing reads and writes through.
+trait TunnelIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> TunnelIo for T {}
+
+impl TunnelStream {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut dyn TunnelIo> {
+        Pin::new(match self.get_mut() {
+            TunnelStream::Plain(tcp) => tcp as &mut dyn TunnelIo,
+            TunnelStream::Tls(tls) => &mut **tls,
+        })
+    }
+}
+
 impl tokio::io::AsyncRead for TunnelStream {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-        }
+    ) -> Poll<std::io::Result<()>> {
+        self.io().poll_read(cx, buf)
     }
 }
 
 impl tokio::io::AsyncWrite for TunnelStream {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-        }
+    ) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            TunnelStream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-            TunnelStream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+    ) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            TunnelStream::Plain(s) => s.is_write_vectored(),
-            TunnelStream::Tls(s) => s.is_write_vectored(),
+            TunnelStream::Plain(tcp) => tcp.is_write_vectored(),
+            TunnelStream::Tls(tls) => tls.is_write_vectored(),
         }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_shutdown(cx)
     }
 }
 
