@@ -255,7 +255,7 @@ impl Supervisor {
             recorder.begin(&self.config.machine, &self.config.backoff, jitter.seed());
         }
         let backoff = Backoff::new(self.config.backoff, jitter);
-        let (link, ends) = session::link(session.outbound_capacity());
+        let (link, ends) = session::link(session.outbound_capacity(), session.inbound_bytes());
         let session_task = tokio::spawn(session.run(link));
         let mut driver = Driver {
             machine: Machine::new(self.config.machine.clone(), backoff),

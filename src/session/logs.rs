@@ -411,7 +411,8 @@ mod tests {
             let warnings = warnings.clone();
             Arc::new(move |w: &str| warnings.lock().unwrap().push(w.to_owned())) as WarningSink
         };
-        let (link, ends) = super::super::link(super::super::LINK_CAPACITY);
+        let (link, ends) =
+            super::super::link(super::super::LINK_CAPACITY, super::super::INBOUND_BYTES);
         let (out_tx, mut out_rx) = tokio::io::duplex(1 << 16);
         let task = tokio::spawn(LogsSession::new(out_tx, true, sink).run(link));
         for text in ["bad 1", LINE, "bad 2", LINE] {

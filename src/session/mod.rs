@@ -54,6 +54,14 @@ pub trait Session: Send + 'static {
     fn outbound_capacity(&self) -> usize {
         LINK_CAPACITY
     }
+
+    /// Bytes of server payloads that may wait for the session before the supervisor
+    /// stops reading the websocket (see [`Inbound`]). The default, [`INBOUND_BYTES`],
+    /// keeps one large frame in flight; `port-forward`'s tunnels ask for more. The
+    /// supervisor asks once, before [`Session::run`].
+    fn inbound_bytes(&self) -> usize {
+        INBOUND_BYTES
+    }
 }
 
 /// A message on its way to the server. It may carry a permit from the session's own
@@ -256,8 +264,10 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountedOutput<W> {
 
 /// Payload bytes delivered to the session and not yet taken, shared by the driver
 /// (which adds) and [`Inbound`] (which takes).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct InboundBudget {
+    /// Reading pauses while this many bytes or more wait ([`Session::inbound_bytes`]).
+    limit: usize,
     waiting: AtomicUsize,
     room: Notify,
     /// Output the session took on and has not written yet (see [`Inbound::owe`]).
@@ -265,8 +275,17 @@ pub(crate) struct InboundBudget {
 }
 
 impl InboundBudget {
+    fn new(limit: usize) -> Self {
+        InboundBudget {
+            limit,
+            waiting: AtomicUsize::new(0),
+            room: Notify::new(),
+            owed: AtomicUsize::new(0),
+        }
+    }
+
     pub(crate) fn has_room(&self) -> bool {
-        self.waiting.load(Ordering::Acquire) < INBOUND_BYTES
+        self.waiting.load(Ordering::Acquire) < self.limit
     }
 
     /// Bytes received and not yet written out: waiting in the link, plus what the
@@ -286,7 +305,7 @@ impl InboundBudget {
 
     fn taken(&self, bytes: usize) {
         let before = self.waiting.fetch_sub(bytes, Ordering::AcqRel);
-        if before >= INBOUND_BYTES && before.saturating_sub(bytes) < INBOUND_BYTES {
+        if before >= self.limit && before.saturating_sub(bytes) < self.limit {
             // Stored if the driver is not waiting yet: it then wakes at once.
             self.room.notify_one();
         }
@@ -348,13 +367,14 @@ pub const LINK_CAPACITY: usize = 64;
 /// buffer (docs/benchmarks.md); small messages are bounded by [`LINK_CAPACITY`] first.
 pub const INBOUND_BYTES: usize = 64 << 10;
 
-/// A link whose outbound side holds up to `outbound_capacity` messages (at least one).
-pub(crate) fn link(outbound_capacity: usize) -> (Link, LinkEnds) {
+/// A link whose outbound side holds up to `outbound_capacity` messages (at least one)
+/// and whose inbound side pauses reading at `inbound_bytes` waiting.
+pub(crate) fn link(outbound_capacity: usize, inbound_bytes: usize) -> (Link, LinkEnds) {
     let (inbound_tx, inbound_rx) = mpsc::channel(LINK_CAPACITY);
     let (outbound_tx, outbound_rx) = mpsc::channel(outbound_capacity.max(1));
     let (control_tx, control_rx) = mpsc::channel(8);
     let dial_query = DialQuery::default();
-    let inbound_budget = Arc::new(InboundBudget::default());
+    let inbound_budget = Arc::new(InboundBudget::new(inbound_bytes));
     let input_failure = InputFailure::default();
     (
         Link {
@@ -376,4 +396,35 @@ pub(crate) fn link(outbound_capacity: usize) -> (Link, LinkEnds) {
             input_failure,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// Delivers a binary message of `len` bytes through the link's driver end.
+    async fn deliver(ends: &LinkEnds, len: usize) {
+        let permit = ends.inbound.reserve().await.expect("the session is there");
+        let message = Message::Binary(Bytes::from(vec![0u8; len]));
+        ends.inbound_budget.deliver(permit, message);
+    }
+
+    #[tokio::test]
+    async fn reading_pauses_at_the_sessions_inbound_budget_and_resumes_below_it() {
+        for limit in [INBOUND_BYTES, crate::session::forward::TUNNEL_INBOUND_BYTES] {
+            let (mut link, ends) = link(LINK_CAPACITY, limit);
+            let frame = 64 << 10;
+            for _ in 0..limit / frame {
+                assert!(ends.inbound_budget.has_room(), "paused before {limit}");
+                deliver(&ends, frame).await;
+            }
+            assert!(
+                !ends.inbound_budget.has_room(),
+                "{limit} waiting and no pause"
+            );
+            link.inbound.recv().await.expect("a message");
+            assert!(ends.inbound_budget.has_room(), "still paused below {limit}");
+        }
+    }
 }

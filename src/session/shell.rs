@@ -575,7 +575,8 @@ mod tests {
 
     #[test]
     fn the_size_is_in_the_dial_query_before_the_session_is_polled() {
-        let (link, ends) = super::super::link(super::super::LINK_CAPACITY);
+        let (link, ends) =
+            super::super::link(super::super::LINK_CAPACITY, super::super::INBOUND_BYTES);
         let session = ShellSession::new(tokio::io::empty(), tokio::io::sink()).size(100, 30);
         let future = session.run(link);
         assert_eq!(ends.dial_query.get(), size_query(100, 30));
@@ -623,7 +624,8 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_written_raw_resizes_are_sent_and_redials_carry_the_size() {
-        let (link, mut ends) = super::super::link(super::super::LINK_CAPACITY);
+        let (link, mut ends) =
+            super::super::link(super::super::LINK_CAPACITY, super::super::INBOUND_BYTES);
         let (out_tx, mut out_rx) = tokio::io::duplex(1 << 16);
         let (in_tx, in_rx) = tokio::io::duplex(1 << 16);
         let (resize_tx, resize_rx) = mpsc::channel(4);
