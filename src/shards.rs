@@ -8,7 +8,7 @@
 //! 7–18 % less than with one worker (docs/benchmarks.md, issue #16). One worker, on the
 //! other hand, is one core for all tunnels. Shards keep each connection, with every
 //! task it spawns, on one thread, and spread connections over several threads: one
-//! tunnel moves about as much as on one worker, 32 busy tunnels 4–23 % more (see
+//! tunnel moves about as much as on one worker, 32 busy tunnels 4–24 % more (see
 //! [`SHARDS_PER_CORE`] for why two per core).
 //!
 //! A connection goes to the shard with the fewest open connections and stays there for
