@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 /// Shards per core by default: a shard's thread competes for the CPU with every other
 /// thread on the machine (the tunnels' own peers included), so with one per core 32 busy
 /// tunnels moved 0.87× of 32 thread-per-connection relay chains downstream and with two
-/// per core 0.98× (six interleaved runs, two cores; upstream 0.94× and 0.95×).
+/// per core 0.98× (six interleaved repetitions, two cores; upstream 0.94× and 0.95×).
 pub const SHARDS_PER_CORE: usize = 2;
 
 /// Shards at most by default: measured on two cores only, so more threads than this
