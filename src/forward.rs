@@ -14,7 +14,7 @@
 use crate::driver::{signal_arrives, NoticeSink, Supervisor};
 use crate::machine::{Notice, Outcome, Sig};
 use crate::session::forward::ForwardSession;
-use crate::shards::RuntimeShards;
+use crate::shards::{spawn_connection, RuntimeShards};
 use crate::transport::{Transport, UsageError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -195,14 +195,9 @@ impl Forwarder {
                             supervisor = supervisor.on_notice(tunnel_notices(sink.clone(), peer));
                         }
                         let (transport, on_end) = (transport.clone(), on_tunnel_end.clone());
-                        match &shards {
-                            Some(shards) => shards.spawn_connection(&mut tunnels, tcp, move |tcp| {
-                                tunnel(supervisor, transport, tcp, peer, on_end)
-                            }),
-                            None => {
-                                tunnels.spawn(tunnel(supervisor, transport, tcp, peer, on_end));
-                            }
-                        }
+                        spawn_connection(shards.as_deref(), &mut tunnels, tcp, move |tcp| {
+                            tunnel(supervisor, transport, tcp, peer, on_end)
+                        });
                         if tunnels.len() >= max_tunnels {
                             // Once, not per waiting client: a flood of clients must not
                             // become a flood of lines.

@@ -97,16 +97,6 @@ impl RuntimeShards {
         ))
     }
 
-    /// How many shards there are.
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
-    /// Never: there is always at least one shard.
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
     /// Runs `connection(stream)` in `set`, on the shard with the fewest open
     /// connections, with `stream` moved to that shard's I/O driver.
     ///
@@ -153,6 +143,26 @@ impl RuntimeShards {
             .iter()
             .map(|shard| shard.open.load(Ordering::Relaxed))
             .collect()
+    }
+}
+
+/// Runs `connection(stream)` in `set`: on `shards` when given (see
+/// [`RuntimeShards::spawn_connection`]), else on the runtime `set` is used from. Both
+/// accept loops (`port-forward`'s listener, `serve`'s) place connections through here.
+pub fn spawn_connection<F, Fut>(
+    shards: Option<&RuntimeShards>,
+    set: &mut JoinSet<()>,
+    stream: TcpStream,
+    connection: F,
+) where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match shards {
+        Some(shards) => shards.spawn_connection(set, stream, connection),
+        None => {
+            set.spawn(connection(stream));
+        }
     }
 }
 

@@ -36,7 +36,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info};
 
-use crate::shards::RuntimeShards;
+use crate::shards::{spawn_connection, RuntimeShards};
 
 mod http;
 mod script;
@@ -409,14 +409,9 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let (tls, shared) = (tls.clone(), Arc::clone(&shared));
-                    match &shards {
-                        Some(shards) => shards.spawn_connection(&mut connections, stream, move |stream| {
-                            handle_connection(stream, peer, shared, tls)
-                        }),
-                        None => {
-                            connections.spawn(handle_connection(stream, peer, shared, tls));
-                        }
-                    }
+                    spawn_connection(shards.as_deref(), &mut connections, stream, move |stream| {
+                        handle_connection(stream, peer, shared, tls)
+                    });
                 }
                 Err(error) => {
                     // Typically out of file descriptors: pause instead of spinning on it.
