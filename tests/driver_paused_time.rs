@@ -510,3 +510,130 @@ async fn a_silent_server_is_still_found_dead_one_window_after_the_session_catche
     assert_eq!(bounded(run).await, Outcome::Signal(Sig::Terminate));
     drop(server);
 }
+
+/// The client's end of an in-memory connection that hands over at most `chunk` bytes per
+/// read and raises a signal once `signal_after` reads returned bytes: frames that arrive
+/// one per read, with SIGINT coming in the middle of a burst.
+struct SignalsMidBurst {
+    inner: DuplexStream,
+    chunk: usize,
+    reads: usize,
+    signal_after: usize,
+    signals: Arc<watch::Sender<Option<Sig>>>,
+}
+
+impl tokio::io::AsyncRead for SignalsMidBurst {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let mut limited = buf.take(this.chunk);
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut limited);
+        let filled = limited.filled().len();
+        if filled > 0 {
+            // SAFETY: `limited` borrows `buf`'s unfilled part, which it initialised up to
+            // `filled`.
+            unsafe { buf.assume_init(filled) };
+            buf.advance(filled);
+            this.reads += 1;
+            if this.reads == this.signal_after {
+                this.signals.send_replace(Some(Sig::Interrupt));
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for SignalsMidBurst {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Dials one [`SignalsMidBurst`] connection whose server end has already sent `frames`
+/// one-byte binary frames.
+#[derive(Clone)]
+struct BurstDialer {
+    frames: usize,
+    signal_after: usize,
+    signals: Arc<watch::Sender<Option<Sig>>>,
+    server_ends: mpsc::UnboundedSender<DuplexStream>,
+}
+
+impl Dialer for BurstDialer {
+    type Stream = SignalsMidBurst;
+
+    fn dial(
+        &self,
+        _url: &Url,
+        _authorization: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<WebSocketStream<SignalsMidBurst>, Failure>> + Send
+    {
+        let dialer = self.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let (client, mut server) = tokio::io::duplex(64 * 1024);
+            // Unmasked server frames: FIN + binary, length 1, the payload.
+            let burst: Vec<u8> = (0..dialer.frames)
+                .flat_map(|i| [0x82, 1, i as u8])
+                .collect();
+            server.write_all(&burst).await.unwrap();
+            let _ = dialer.server_ends.send(server);
+            let client = SignalsMidBurst {
+                inner: client,
+                chunk: 3,
+                reads: 0,
+                signal_after: dialer.signal_after,
+                signals: dialer.signals,
+            };
+            Ok(WebSocketStream::from_raw_socket(client, Role::Client, None).await)
+        }
+    }
+}
+
+/// Frames already read are taken one after another without going back to the event
+/// loop's `select!`, but never past a signal: SIGINT raised while the fifth of 40
+/// buffered frames is read stops delivery there, as it did frame by frame.
+#[tokio::test(start_paused = true)]
+async fn a_signal_in_the_middle_of_a_burst_of_frames_stops_delivery_at_once() {
+    let (signal_tx, signal_rx): (_, SignalWatch) = watch::channel(None);
+    let (server_tx, mut server_ends) = mpsc::unbounded_channel();
+    let dialer = BurstDialer {
+        frames: 40,
+        signal_after: 5,
+        signals: Arc::new(signal_tx),
+        server_ends: server_tx,
+    };
+    let supervisor = Supervisor::new(config(MachineConfig::default()))
+        .jitter(Jitter::seeded(5))
+        .signals(signal_rx);
+    let (session, mut delivered) = probe(vec![]);
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer, session));
+    let _server = server_ends.recv().await.unwrap();
+    assert_eq!(bounded(run).await, Outcome::Signal(Sig::Interrupt));
+    let mut payloads = Vec::new();
+    while let Some(message) = delivered.recv().await {
+        payloads.push(message.into_data()[0]);
+    }
+    assert_eq!(payloads, [0, 1, 2, 3, 4], "delivered up to the signal");
+}

@@ -43,6 +43,10 @@ use signals::no_signals;
 pub use signals::{process_signals, signal_arrives, SignalWatch};
 use timers::Timers;
 
+/// Frames taken one after another without going back to the `select!` loop: the other
+/// arms (the session's controls, timers) wait at most this many frames.
+const FRAMES_PER_WAKE: usize = 32;
+
 /// Everything a supervisor needs to know, built by the CLI or by a library user.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -351,7 +355,8 @@ impl<D: Dialer> Driver<D> {
         }
         let mut signals_open = true;
         let mut control_open = true;
-        while self.outcome.is_none() {
+        let mut frames_in_a_row = 0;
+        'events: while self.outcome.is_none() {
             // The session's messages are taken inside `poll_io`, as many as the send queue
             // has room for, so that the bound is re-checked each time the socket drains
             // the queue (a guard on a select arm is evaluated only once per iteration:
@@ -374,98 +379,113 @@ impl<D: Dialer> Driver<D> {
                     Event::ReadsPaused
                 });
             }
-            let event = tokio::select! {
-                biased;
-                changed = self.signals.changed(), if signals_open => {
-                    match changed {
-                        Ok(()) => match *self.signals.borrow_and_update() {
-                            Some(sig) => Event::Signal(sig),
-                            None => continue,
-                        },
-                        Err(_) => {
-                            signals_open = false;
-                            continue;
-                        }
+            // Right after a frame, the next one is often already buffered or on the
+            // socket: take it without a trip through `select!`, whose eight arms cost
+            // more than the frame itself (each re-registers its waker, and the signal and
+            // closed-channel arms take a lock to do it). A pending signal, a full streak
+            // or nothing ready sends the loop back to `select!`, signals first.
+            let ready = if frames_in_a_row > 0
+                && frames_in_a_row < FRAMES_PER_WAKE
+                && read_enabled
+                && !matches!(self.signals.has_changed(), Ok(true))
+            {
+                match self.conn.as_mut() {
+                    Some(conn) => {
+                        let mut outbound = take_outbound.then_some(&mut self.ends.outbound);
+                        poll_fn(|cx| Poll::Ready(conn.poll_io(cx, true, outbound.as_deref_mut())))
+                            .await
                     }
+                    None => Poll::Pending,
                 }
-                control = self.ends.control.recv(), if control_open => match control {
-                    Some(session::Control::Interrupt) => Event::UserInterrupt,
-                    Some(session::Control::LocalGone) => Event::LocalGone,
-                    Some(session::Control::OutputFailed(error)) => Event::OutputFailed(error),
-                    None => {
-                        control_open = false;
-                        continue;
-                    }
-                },
-                io = poll_fn(|cx| {
-                    let outbound = take_outbound.then_some(&mut self.ends.outbound);
-                    self.conn.as_mut().map_or(Poll::Pending, |c| c.poll_io(cx, read_enabled, outbound))
-                }), if self.conn.is_some() => match io {
-                    ConnEvent::Frame(message) => inbound_event(message),
-                    ConnEvent::OutboundEnded => {
-                        self.outbound_done = true;
-                        // Everything the session sent before is in the queue by now.
-                        match self.ends.input_failure.take() {
-                            Some(failure) => Event::InputRejected(failure),
-                            None => Event::LocalEof,
+            } else {
+                Poll::Pending
+            };
+            // Every arm but the connection's breaks out with its event; the connection's
+            // news needs all of `self`, which the arms' futures borrow until they drop.
+            let event = 'next: {
+                let io = match ready {
+                    Poll::Ready(io) => io,
+                    Poll::Pending => tokio::select! {
+                    biased;
+                    changed = self.signals.changed(), if signals_open => {
+                        break 'next match changed {
+                            Ok(()) => match *self.signals.borrow_and_update() {
+                                Some(sig) => Event::Signal(sig),
+                                None => continue 'events,
+                            },
+                            Err(_) => {
+                                signals_open = false;
+                                continue 'events;
+                            }
                         }
                     }
-                    ConnEvent::Closed(failure) => {
-                        if let Some(mut conn) = self.conn.take() {
-                            self.unsent_at_close = conn.has_unsent();
-                            // Messages the socket never took go out on the next
-                            // connection, if the machine redials.
-                            self.carried_over = conn.take_unsent_messages();
-                            conn.retire();
+                    control = self.ends.control.recv(), if control_open => break 'next match control {
+                        Some(session::Control::Interrupt) => Event::UserInterrupt,
+                        Some(session::Control::LocalGone) => Event::LocalGone,
+                        Some(session::Control::OutputFailed(error)) => Event::OutputFailed(error),
+                        None => {
+                            control_open = false;
+                            continue 'events;
                         }
-                        Event::Closed(failure)
-                    }
-                },
-                dialed = async { self.dialing.as_mut().expect("guarded").await }, if self.dialing.is_some() => {
-                    self.dialing = None;
-                    match dialed {
-                        Ok(ws) => {
-                            let mut conn = Conn::new(ws, D::wire_close);
-                            // The on-connect messages go first, then what the last
-                            // connection did not send; the session's new messages are
-                            // taken from the channel only after these.
-                            conn.queue_on_connect(&self.on_connect);
-                            conn.queue.append(&mut self.carried_over);
-                            self.conn = Some(conn);
-                            self.unsent_at_close = false;
-                            Event::DialSucceeded
+                    },
+                    io = poll_fn(|cx| {
+                        let outbound = take_outbound.then_some(&mut self.ends.outbound);
+                        self.conn.as_mut().map_or(Poll::Pending, |c| c.poll_io(cx, read_enabled, outbound))
+                    }), if self.conn.is_some() => io,
+                    dialed = async { self.dialing.as_mut().expect("guarded").await }, if self.dialing.is_some() => {
+                        self.dialing = None;
+                        break 'next match dialed {
+                            Ok(ws) => {
+                                let mut conn = Conn::new(ws, D::wire_close);
+                                // The on-connect messages go first, then what the last
+                                // connection did not send; the session's new messages are
+                                // taken from the channel only after these.
+                                conn.queue_on_connect(&self.on_connect);
+                                conn.queue.append(&mut self.carried_over);
+                                self.conn = Some(conn);
+                                self.unsent_at_close = false;
+                                Event::DialSucceeded
+                            }
+                            Err(failure) => Event::DialFailed(failure),
                         }
-                        Err(failure) => Event::DialFailed(failure),
                     }
+                    refreshed = async { self.refreshing.as_mut().expect("guarded").await }, if self.refreshing.is_some() => {
+                        self.refreshing = None;
+                        break 'next Event::RefreshDone(refreshed);
+                    }
+                    permit = self.ends.inbound.reserve(), if self.pending_delivery.is_some() => {
+                        match permit {
+                            Ok(permit) => {
+                                let message = self.pending_delivery.take().expect("guarded");
+                                self.ends.inbound_budget.deliver(permit, message);
+                                continue 'events;
+                            }
+                            Err(_) => {
+                                self.pending_delivery = None;
+                                self.session_gone = true;
+                                break 'next Event::LocalEof;
+                            }
+                        }
+                    }
+                    () = self.ends.inbound_budget.room(), if inbound_full => continue 'events,
+                    // The session dropped its inbound receiver (stdout closed, its task
+                    // ended): wind down once connected, like a local EOF. Checked only while
+                    // connected and not closing, so a session that vanished while offline is
+                    // noticed as soon as there is a connection to close.
+                    () = self.ends.inbound.closed(), if !self.session_gone && self.machine_accepts_outbound() => {
+                        self.session_gone = true;
+                        break 'next Event::LocalEof;
+                    }
+                    kind = poll_fn(|cx| self.timers.poll_expired(cx)) => break 'next Event::Timer(kind),
+                    },
+                };
+                self.conn_event(io)
+            };
+            frames_in_a_row = match event {
+                Event::Received(_) | Event::PingReceived | Event::PongReceived => {
+                    frames_in_a_row + 1
                 }
-                refreshed = async { self.refreshing.as_mut().expect("guarded").await }, if self.refreshing.is_some() => {
-                    self.refreshing = None;
-                    Event::RefreshDone(refreshed)
-                }
-                permit = self.ends.inbound.reserve(), if self.pending_delivery.is_some() => {
-                    match permit {
-                        Ok(permit) => {
-                            let message = self.pending_delivery.take().expect("guarded");
-                            self.ends.inbound_budget.deliver(permit, message);
-                            continue;
-                        }
-                        Err(_) => {
-                            self.pending_delivery = None;
-                            self.session_gone = true;
-                            Event::LocalEof
-                        }
-                    }
-                }
-                () = self.ends.inbound_budget.room(), if inbound_full => continue,
-                // The session dropped its inbound receiver (stdout closed, its task
-                // ended): wind down once connected, like a local EOF. Checked only while
-                // connected and not closing, so a session that vanished while offline is
-                // noticed as soon as there is a connection to close.
-                () = self.ends.inbound.closed(), if !self.session_gone && self.machine_accepts_outbound() => {
-                    self.session_gone = true;
-                    Event::LocalEof
-                }
-                kind = poll_fn(|cx| self.timers.poll_expired(cx)) => Event::Timer(kind),
+                _ => 0,
             };
             self.feed(event);
             // The session's input ended on an earlier connection (or the session went
@@ -478,6 +498,31 @@ impl<D: Dialer> Driver<D> {
             }
         }
         self.outcome.clone().expect("loop ends with an outcome")
+    }
+
+    /// What the connection's news means to the machine.
+    fn conn_event(&mut self, io: ConnEvent) -> Event {
+        match io {
+            ConnEvent::Frame(message) => inbound_event(message),
+            ConnEvent::OutboundEnded => {
+                self.outbound_done = true;
+                // Everything the session sent before is in the queue by now.
+                match self.ends.input_failure.take() {
+                    Some(failure) => Event::InputRejected(failure),
+                    None => Event::LocalEof,
+                }
+            }
+            ConnEvent::Closed(failure) => {
+                if let Some(mut conn) = self.conn.take() {
+                    self.unsent_at_close = conn.has_unsent();
+                    // Messages the socket never took go out on the next connection, if
+                    // the machine redials.
+                    self.carried_over = conn.take_unsent_messages();
+                    conn.retire();
+                }
+                Event::Closed(failure)
+            }
+        }
     }
 
     fn machine_accepts_outbound(&self) -> bool {
