@@ -511,18 +511,18 @@ async fn a_silent_server_is_still_found_dead_one_window_after_the_session_catche
     drop(server);
 }
 
-/// The client's end of an in-memory connection that hands over at most `chunk` bytes per
-/// read and raises a signal once `signal_after` reads returned bytes: frames that arrive
-/// one per read, with SIGINT coming in the middle of a burst.
-struct SignalsMidBurst {
+/// The client's end of an in-memory connection, observed: it hands over at most
+/// `chunk` bytes per read (frames that arrive one per read), raises a signal once
+/// `signal_after` reads returned bytes, and counts the writes that reached it.
+struct Observed {
     inner: DuplexStream,
     chunk: usize,
     reads: usize,
-    signal_after: usize,
-    signals: Arc<watch::Sender<Option<Sig>>>,
+    signal_after: Option<(usize, Arc<watch::Sender<Option<Sig>>>)>,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl tokio::io::AsyncRead for SignalsMidBurst {
+impl tokio::io::AsyncRead for Observed {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -538,21 +538,28 @@ impl tokio::io::AsyncRead for SignalsMidBurst {
             unsafe { buf.assume_init(filled) };
             buf.advance(filled);
             this.reads += 1;
-            if this.reads == this.signal_after {
-                this.signals.send_replace(Some(Sig::Interrupt));
+            if let Some((after, signals)) = &this.signal_after {
+                if this.reads == *after {
+                    signals.send_replace(Some(Sig::Interrupt));
+                }
             }
         }
         polled
     }
 }
 
-impl tokio::io::AsyncWrite for SignalsMidBurst {
+impl tokio::io::AsyncWrite for Observed {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        written
     }
 
     fn poll_flush(
@@ -570,41 +577,55 @@ impl tokio::io::AsyncWrite for SignalsMidBurst {
     }
 }
 
-/// Dials one [`SignalsMidBurst`] connection whose server end has already sent `frames`
-/// one-byte binary frames.
+/// Dials one [`Observed`] connection whose server end has already sent `frames`
+/// one-byte binary frames (numbered from 0), and hands the server end to the test.
 #[derive(Clone)]
-struct BurstDialer {
+struct ObservedDialer {
     frames: usize,
-    signal_after: usize,
-    signals: Arc<watch::Sender<Option<Sig>>>,
+    chunk: usize,
+    signal_after: Option<(usize, Arc<watch::Sender<Option<Sig>>>)>,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
     server_ends: mpsc::UnboundedSender<DuplexStream>,
 }
 
-impl Dialer for BurstDialer {
-    type Stream = SignalsMidBurst;
+impl ObservedDialer {
+    fn new() -> (Self, mpsc::UnboundedReceiver<DuplexStream>) {
+        let (server_ends, rx) = mpsc::unbounded_channel();
+        let dialer = ObservedDialer {
+            frames: 0,
+            chunk: usize::MAX,
+            signal_after: None,
+            writes: Arc::default(),
+            server_ends,
+        };
+        (dialer, rx)
+    }
+}
+
+impl Dialer for ObservedDialer {
+    type Stream = Observed;
 
     fn dial(
         &self,
         _url: &Url,
         _authorization: Option<&str>,
-    ) -> impl std::future::Future<Output = Result<WebSocketStream<SignalsMidBurst>, Failure>> + Send
-    {
+    ) -> impl std::future::Future<Output = Result<WebSocketStream<Observed>, Failure>> + Send {
         let dialer = self.clone();
         async move {
             use tokio::io::AsyncWriteExt;
-            let (client, mut server) = tokio::io::duplex(64 * 1024);
+            let (client, mut server) = tokio::io::duplex(1 << 20);
             // Unmasked server frames: FIN + binary, length 1, the payload.
             let burst: Vec<u8> = (0..dialer.frames)
                 .flat_map(|i| [0x82, 1, i as u8])
                 .collect();
             server.write_all(&burst).await.unwrap();
             let _ = dialer.server_ends.send(server);
-            let client = SignalsMidBurst {
+            let client = Observed {
                 inner: client,
-                chunk: 3,
+                chunk: dialer.chunk,
                 reads: 0,
                 signal_after: dialer.signal_after,
-                signals: dialer.signals,
+                writes: dialer.writes,
             };
             Ok(WebSocketStream::from_raw_socket(client, Role::Client, None).await)
         }
@@ -612,18 +633,16 @@ impl Dialer for BurstDialer {
 }
 
 /// Frames already read are taken one after another without going back to the event
-/// loop's `select!`, but never past a signal: SIGINT raised while the fifth of 40
-/// buffered frames is read stops delivery there, as it did frame by frame.
+/// loop's `select!`, but never past a signal: SIGINT raised while the 40th of 100
+/// buffered frames is read (in the second streak) stops delivery there, as it did
+/// frame by frame.
 #[tokio::test(start_paused = true)]
 async fn a_signal_in_the_middle_of_a_burst_of_frames_stops_delivery_at_once() {
     let (signal_tx, signal_rx): (_, SignalWatch) = watch::channel(None);
-    let (server_tx, mut server_ends) = mpsc::unbounded_channel();
-    let dialer = BurstDialer {
-        frames: 40,
-        signal_after: 5,
-        signals: Arc::new(signal_tx),
-        server_ends: server_tx,
-    };
+    let (mut dialer, mut server_ends) = ObservedDialer::new();
+    dialer.frames = 100;
+    dialer.chunk = 3;
+    dialer.signal_after = Some((40, Arc::new(signal_tx)));
     let supervisor = Supervisor::new(config(MachineConfig::default()))
         .jitter(Jitter::seeded(5))
         .signals(signal_rx);
@@ -635,5 +654,58 @@ async fn a_signal_in_the_middle_of_a_burst_of_frames_stops_delivery_at_once() {
     while let Some(message) = delivered.recv().await {
         payloads.push(message.into_data()[0]);
     }
-    assert_eq!(payloads, [0, 1, 2, 3, 4], "delivered up to the signal");
+    assert_eq!(
+        payloads,
+        (0..40).collect::<Vec<u8>>(),
+        "delivered up to the signal"
+    );
+}
+
+/// Sends `count` small binary messages as fast as the link takes them, then keeps its
+/// input open.
+struct Bulk {
+    count: usize,
+}
+
+impl Session for Bulk {
+    async fn run(self, link: Link) {
+        for i in 0..self.count {
+            let payload = (i as u32).to_be_bytes().to_vec();
+            if !link.send(Message::Binary(payload.into())).await {
+                return;
+            }
+        }
+        let _still_open = link;
+        std::future::pending::<()>().await
+    }
+}
+
+/// A session sending in bulk gets turns to add more before the driver flushes: 2,000
+/// 64-byte messages reach the socket in a few writes, not one per link's worth
+/// (64 messages: 32 writes), and the last of them leaves at once, not at the next
+/// timer.
+#[tokio::test(start_paused = true)]
+async fn a_burst_from_the_session_leaves_in_a_few_writes_and_its_tail_at_once() {
+    const COUNT: usize = 2000;
+    let (dialer, mut server_ends) = ObservedDialer::new();
+    let writes = dialer.writes.clone();
+    let (supervisor, _signals) = supervisor(MachineConfig::default());
+    let run = tokio::spawn(supervisor.run_with_dialer(dialer, Bulk { count: COUNT }));
+    let server = server_ends.recv().await.unwrap();
+    let mut server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+    let started = Instant::now();
+    use futures_util::StreamExt;
+    for i in 0..COUNT {
+        let message = tokio::time::timeout(Duration::from_secs(1), server.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} still unsent after a second"));
+        let Some(Ok(Message::Binary(bytes))) = message else {
+            panic!("message {i}: {message:?}");
+        };
+        assert_eq!(bytes[..], (i as u32).to_be_bytes());
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO, "no timer was needed");
+    let writes = writes.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(writes <= 8, "{COUNT} messages in {writes} writes");
+    run.abort();
 }

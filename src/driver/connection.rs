@@ -29,6 +29,9 @@ pub const DRAIN_AFTER_WRITE_ERROR: Duration = Duration::from_millis(500);
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 /// Messages waiting for the socket before the driver stops taking more from the session.
 const SEND_QUEUE_MESSAGES: usize = 16;
+/// How many times in a row a flush may wait for a session that is sending in bulk (see
+/// [`Conn::poll_flush_after_burst`]) before it happens anyway.
+const FLUSH_DEFERRALS: u8 = 8;
 
 /// A message read from the connection, as the machine's event. The machine takes no
 /// websocket types: this and [`message_of`] are the edge.
@@ -65,6 +68,10 @@ pub(super) struct Conn<S> {
     wire_close: WireCloseOf<S>,
     pub(super) queue: VecDeque<Message>,
     needs_flush: bool,
+    /// Messages taken from the session since the last flush, and how many times in a
+    /// row the flush waited for more (see [`Conn::poll_flush_after_burst`]).
+    unflushed_messages: usize,
+    flush_deferrals: u8,
     /// Set when a write failed: the failure to report, unless the server's close frame
     /// arrives before the deadline.
     drain: Option<(Failure, Pin<Box<Sleep>>)>,
@@ -159,6 +166,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             wire_close,
             queue: VecDeque::new(),
             needs_flush: false,
+            unflushed_messages: 0,
+            flush_deferrals: 0,
             drain: None,
             violation: None,
             frames_read: 0,
@@ -188,6 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         mut outbound: Option<&mut mpsc::Receiver<session::Outbound>>,
     ) -> Poll<ConnEvent> {
         let mut rounds = 0;
+        let mut taken = 0;
         let mut outbound_ended = false;
         while self.drain.is_none() {
             // Whether a wake-up is due when the session sends more: the channel said
@@ -198,6 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 while self.queue.len() < SEND_QUEUE_MESSAGES {
                     match receiver.poll_recv(cx) {
                         Poll::Ready(Some(item)) => {
+                            taken += 1;
                             self.queue.push_back(item.message);
                             // The session's byte budget is released once the socket has it.
                             drop(item.permit);
@@ -231,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     cx.waker().wake_by_ref();
                     self.poll_flush(cx)
                 }
-                Poll::Ready(Ok(())) => self.poll_flush(cx),
+                Poll::Ready(Ok(())) => self.poll_flush_after_burst(cx, taken),
                 // The socket is full; its waker is registered.
                 other => other,
             };
@@ -392,6 +403,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// The flush once the session's channel is empty, unless the session is sending in
+    /// bulk: it took a queue's worth since the last flush and more in this poll. Then it
+    /// probably has more on the way but has not run since (on one thread it cannot run
+    /// while the driver does), so it gets a turn first: the driver yields and flushes
+    /// when it finds nothing new, or after [`FLUSH_DEFERRALS`] turns in a row. A
+    /// message typed alone goes out at once. The websocket writes to the socket by
+    /// itself whenever its buffer passes `write_buffer_size`.
+    ///
+    /// 64-byte messages sent one-way, 40,000 at a time, one worker thread: the driver
+    /// flushed every 64 messages (the link's capacity), each flush a `sendto` and an
+    /// echo read back in as many pieces: 14,472 `sendto`, 38,669 `recvfrom` and 827 ms
+    /// of CPU per 1.2 million messages against 661, 2,448 and 288 ms for a bare
+    /// tokio-tungstenite client that flushes once per batch.
+    fn poll_flush_after_burst(
+        &mut self,
+        cx: &mut Context<'_>,
+        taken: usize,
+    ) -> Poll<Result<(), tokio_tungstenite::tungstenite::Error>> {
+        self.unflushed_messages += taken;
+        if self.needs_flush
+            && taken > 0
+            && self.unflushed_messages >= SEND_QUEUE_MESSAGES
+            && self.flush_deferrals < FLUSH_DEFERRALS
+        {
+            self.flush_deferrals += 1;
+            // Woken again after the runtime's other ready tasks, the session first.
+            let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_flush(cx)
+    }
+
     /// Ready(Ok) once what the websocket buffered is on the socket.
     fn poll_flush(
         &mut self,
@@ -401,6 +444,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             ready!(Pin::new(&mut self.ws).poll_flush(cx))?;
             self.needs_flush = false;
         }
+        self.unflushed_messages = 0;
+        self.flush_deferrals = 0;
         Poll::Ready(Ok(()))
     }
 
