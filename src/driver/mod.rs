@@ -392,20 +392,29 @@ impl<D: Dialer> Driver<D> {
                 match self.conn.as_mut() {
                     Some(conn) => {
                         let mut outbound = take_outbound.then_some(&mut self.ends.outbound);
-                        poll_fn(|cx| Poll::Ready(conn.poll_io(cx, true, outbound.as_deref_mut())))
-                            .await
+                        let polled = poll_fn(|cx| {
+                            Poll::Ready(conn.poll_io(cx, true, outbound.as_deref_mut()))
+                        });
+                        match polled.await {
+                            Poll::Ready(io) => Some(io),
+                            Poll::Pending => None,
+                        }
                     }
-                    None => Poll::Pending,
+                    None => None,
                 }
             } else {
-                Poll::Pending
+                None
             };
+            let direct = ready.is_some();
+            if !direct {
+                self.timers.new_turn();
+            }
             // Every arm but the connection's breaks out with its event; the connection's
             // news needs all of `self`, which the arms' futures borrow until they drop.
             let event = 'next: {
                 let io = match ready {
-                    Poll::Ready(io) => io,
-                    Poll::Pending => tokio::select! {
+                    Some(io) => io,
+                    None => tokio::select! {
                     biased;
                     changed = self.signals.changed(), if signals_open => {
                         break 'next match changed {
@@ -481,11 +490,15 @@ impl<D: Dialer> Driver<D> {
                 };
                 self.conn_event(io)
             };
-            frames_in_a_row = match event {
-                Event::Received(_) | Event::PingReceived | Event::PongReceived => {
-                    frames_in_a_row + 1
-                }
-                _ => 0,
+            let frame = matches!(
+                event,
+                Event::Received(_) | Event::PingReceived | Event::PongReceived
+            );
+            // A frame taken by `select!` starts a streak; one taken directly extends it.
+            frames_in_a_row = match (frame, direct) {
+                (false, _) => 0,
+                (true, false) => 1,
+                (true, true) => frames_in_a_row + 1,
             };
             self.feed(event);
             // The session's input ended on an earlier connection (or the session went

@@ -14,6 +14,10 @@ pub(super) struct Timers {
     deadlines: [Option<Instant>; TimerKind::ALL.len()],
     sleep: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
+    /// The time timers started now count from, read once per wake-up of the driver
+    /// (see [`Timers::new_turn`]): re-arming liveness on every frame of a burst read
+    /// the clock per frame, 4 % of a one-worker client's CPU with 64-byte messages.
+    now: Option<Instant>,
 }
 
 impl Timers {
@@ -22,11 +26,19 @@ impl Timers {
             deadlines: [None; TimerKind::ALL.len()],
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed_for: None,
+            now: None,
         }
     }
 
+    /// The driver may have waited: the next timer started reads the clock again. Not
+    /// called between the frames of a burst, which the driver takes without waiting.
+    pub(super) fn new_turn(&mut self) {
+        self.now = None;
+    }
+
     pub(super) fn start(&mut self, kind: TimerKind, after: Duration) {
-        self.deadlines[kind.index()] = Some(Instant::now() + after);
+        let now = *self.now.get_or_insert_with(Instant::now);
+        self.deadlines[kind.index()] = Some(now + after);
     }
 
     pub(super) fn cancel(&mut self, kind: TimerKind) {
