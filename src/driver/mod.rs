@@ -8,6 +8,10 @@
 //! Every arm is cancel-safe: the socket is polled through a `poll_fn` that keeps its
 //! state in `Conn`, the dial and refresh futures live across iterations, channel
 //! receives and `reserve` lose nothing when another arm wins.
+//!
+//! Between the frames of a burst the loop skips the `select!`: right after a frame it
+//! polls the connection directly, up to 32 frames in a row (`FRAMES_PER_WAKE`), and only
+//! while no signal is pending, so signals still come first.
 
 use crate::backoff::{Backoff, BackoffPolicy, Jitter};
 use crate::classify::Failure;
