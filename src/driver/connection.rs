@@ -414,10 +414,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     /// `write_buffer_size`.
     ///
     /// 64-byte messages sent one-way, 40,000 at a time, one worker thread: the driver
-    /// flushed every 64 messages (the link's capacity), each flush a `sendto` and an
-    /// echo read back in as many pieces: 14,472 `sendto`, 38,669 `recvfrom` and 827 ms
-    /// of CPU per 1.2 million messages against 661, 2,448 and 288 ms for a bare
-    /// tokio-tungstenite client that flushes once per batch.
+    /// flushed every 64 messages (the link's capacity), 14,472 `sendto` per 1.2 million
+    /// messages; with this, 4,122 (a bare tokio-tungstenite client that flushes once per
+    /// batch: 661). docs/benchmarks.md has the CPU figures.
     fn poll_flush_after_burst(
         &mut self,
         cx: &mut Context<'_>,
